@@ -1,0 +1,461 @@
+"""The run configuration: one YAML file -> a typed tree of dataclasses.
+
+Every field has a docstring; `codistill config show FILE` prints the resolved tree. Loading checks
+unknown keys, types and enumerations (`ConfigError` names the key, the value and what is valid);
+`validate(cfg, world_size)` then checks what spans components (layouts vs heads and world size, batch
+vs ranks) before any compute. Stdlib only, so every layer may read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from megatron_codistill.config_loader import ConfigError, apply_overrides, from_dict, to_dict
+
+__all__ = ["Config", "ConfigError", "load_config", "validate", "to_yaml"]
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam with warmup and decay (Megatron's optimizer and OptimizerParamScheduler)."""
+
+    lr: float = 1e-6
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the decay."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip; 0 disables clipping."""
+    warmup_steps: int = 0
+    """Linear warmup, in optimizer steps."""
+    decay_style: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay after warmup, over the run's optimizer steps."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer states over data-parallel ranks (Megatron distributed optimizer)."""
+
+
+@dataclass
+class ModelConfig:
+    """One of the two models. The architecture comes from `hf_config` or `arch` (exactly one)."""
+
+    hf_config: str | None = None
+    """Hugging Face config: a local directory / config.json or a hub name (read offline from the cache)."""
+    arch: dict[str, Any] | None = None
+    """Inline architecture: fields of `models.arch.ModelArch` (family, hidden_size, num_layers, ...)."""
+    checkpoint: str | None = None
+    """Initial weights: an HF checkpoint directory or hub name, or a converted Megatron checkpoint.
+    None starts from random weights (tests, the tiny example's pretraining)."""
+    tokenizer: str | None = None
+    """Tokenizer directory or hub name; defaults to `checkpoint`, then `hf_config`."""
+    tensor_parallel: int = 1
+    """Tensor-parallel size (the small model must stay at 1: it is data parallel)."""
+    pipeline_parallel: int = 1
+    """Pipeline-parallel size (the small model must stay at 1)."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Parameter dtype. bf16/fp16 keep fp32 master weights in the optimizer."""
+    fp8: str | None = None
+    """Transformer Engine FP8 recipe ("delayed", "tensorwise", "mxfp8", "blockwise"); needs TE + a GPU."""
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    """Layer implementation; auto = Transformer Engine when it and CUDA are present, else local."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward micro-batch (gradient accumulation over micro-batches)."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer and schedule of this model."""
+
+
+@dataclass
+class SamplingConfig:
+    """How the rollout engine samples (see rollout.base.SamplingParams)."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 is greedy."""
+    top_p: float = 1.0
+    """Nucleus mass in (0, 1]."""
+    top_k: int = 0
+    """Top-k; 0 disables it."""
+    max_new_tokens: int = 1024
+    """Maximum response length in tokens."""
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings, each a single token of the tokenizer (EOS always stops)."""
+
+
+@dataclass
+class SGLangConfig:
+    """SGLang servers: attach to `urls`, or launch `num_servers` of them."""
+
+    urls: list[str] = field(default_factory=list)
+    """Running servers (http://host:port). Empty with launch=true starts servers here."""
+    launch: bool = False
+    """Start `python -m sglang.launch_server` subprocesses on this node."""
+    num_servers: int = 1
+    """Servers to launch."""
+    tp: int = 1
+    """Tensor parallel size of each launched server."""
+    mem_fraction: float = 0.6
+    """`--mem-fraction-static` of each launched server."""
+    base_port: int = 30000
+    """Port of the first launched server; the next ones count up."""
+    extra_args: list[str] = field(default_factory=list)
+    """More command-line arguments for launch_server."""
+    timeout_s: float = 600.0
+    """HTTP timeout of one request."""
+    retries: int = 2
+    """Retries of a failed request before the server is declared dead."""
+
+
+@dataclass
+class RolloutConfig:
+    """Rollout generation (only the small model generates, except in `grpo` on the large model)."""
+
+    engine: Literal["embedded", "sglang"] = "embedded"
+    """embedded: transformers in the trainer process (CPU default); sglang: HTTP servers."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Training-time sampling."""
+    max_prompt_length: int = 1024
+    """Prompts longer than this (tokens) are handled by `prompt_overflow`."""
+    prompt_overflow: Literal["error", "truncate_left"] = "error"
+    """What to do with a prompt over max_prompt_length."""
+    max_batch_size: int = 64
+    """Sequences sampled at once by the embedded engine."""
+    weight_sync: Literal["auto", "direct", "disk", "nccl"] = "auto"
+    """How new weights reach the engine; auto = direct for embedded, disk for sglang."""
+    bucket_mb: float = 512.0
+    """Weight-sync bucket size in MB."""
+    verify_sync: bool = False
+    """After each sync, check engine log-probs on a probe batch equal the trainer's."""
+    verify_atol: float = 1e-3
+    """Tolerance of that check (nats)."""
+    sglang: SGLangConfig = field(default_factory=SGLangConfig)
+    """SGLang servers."""
+
+
+@dataclass
+class SFTConfig:
+    """Chain-of-thought distillation warm start (mode = sft)."""
+
+    file: str | None = None
+    """JSONL of {prompt, response} to fine-tune on; None = the teacher (large model) samples them."""
+    samples_per_problem: int = 4
+    """Teacher samples per problem; correct ones are kept."""
+    temperature: float = 0.7
+    """Teacher sampling temperature."""
+    epochs: int = 1
+    """Passes over the kept solutions."""
+    train_large: bool = False
+    """Also fine-tune the large model on the same data (warm start of both models)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """CoDistill-GRPO and its baselines (DESIGN §2). Defaults follow the paper."""
+
+    mode: Literal["codistill", "grpo", "opd", "kd_grpo", "sft"] = "codistill"
+    """codistill: both models learn; grpo: one model on its own rollouts; opd: small model, KD reward only,
+    frozen large; kd_grpo: small model, KD + task reward, frozen large; sft: CoT distillation."""
+    grpo_model: Literal["small", "large"] = "small"
+    """Which model `grpo` trains (it also generates)."""
+    group_size: int = 8
+    """G, rollouts per prompt."""
+    prompts_per_step: int = 32
+    """Prompts sampled per step."""
+    epochs_per_step: int = 1
+    """Passes over the step's rollouts."""
+    mini_batches: int = 1
+    """Optimizer steps per pass (the rollouts split into this many mini-batches)."""
+    advantage_std: bool = True
+    """Divide by the group std (GRPO); false for Dr.GRPO."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    """Loss aggregation: token mean over the batch, per-sequence mean then mean, Dr.GRPO sum/(G*L_max)."""
+    clip_eps_low: float = 0.2
+    """Lower clip: ratio >= 1 - eps_low."""
+    clip_eps_high: float = 0.2
+    """Upper clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages; None disables it."""
+    ratio: Literal["token", "gspo", "gspo_token"] = "token"
+    """Importance ratio: per token, GSPO sequence ratio, or GSPO's token variant."""
+    kl_beta: float = 0.0
+    """Weight of the KL to a frozen reference copy of the trained model; 0 keeps no reference."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose task rewards are all equal."""
+    overlong_buffer: int = 0
+    """DAPO soft over-length penalty: tokens before max_new_tokens where the penalty ramps; 0 disables."""
+    overlong_penalty: float = 1.0
+    """Penalty at max_new_tokens."""
+    kd_alpha: float = 0.5
+    """alpha: weight of the clipped sequence KD reward in the small model's reward."""
+    kd_kappa: float = 10.0
+    """kappa: the KD reward is clipped to [-kappa, kappa]."""
+    kd_reduction: Literal["mean", "sum"] = "mean"
+    """KD_i = mean (or sum) over o_i of d_it = l^L - l^S."""
+    kd_token_alpha: float = 0.0
+    """Token-level variant: A_it += kd_token_alpha * d_it after whitening; 0 disables it."""
+    kd_reference: Literal["none", "gold"] = "none"
+    """gold: reference-conditioned ("ghost response") KD, the teacher also sees the gold solution."""
+    pods_n: int | None = None
+    """PODS: draw pods_n > G rollouts per prompt, keep the G with the largest reward variance."""
+    is_weight: Literal["token_tis", "token_mis", "seq_geo", "seq_mis"] = "token_tis"
+    """Large model's importance weight for small-model rollouts."""
+    is_cap: float = 2.0
+    """C: truncation cap (TIS) or mask bound [1/C, C] (MIS)."""
+    is_seq_cap: float = 2.0
+    """C_s: sequence-MIS bound."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Settings of mode = sft."""
+
+
+@dataclass
+class RewardConfig:
+    """Task reward."""
+
+    kind: Literal["math", "arith", "plugin"] = "math"
+    """math: math-verify on extracted answers; arith: exact match of the tiny task; plugin: `plugin`."""
+    correct: float = 1.0
+    """Reward of a correct answer."""
+    format_think: float = 0.0
+    """Bonus for a closing </think> tag (paper: 0.25 with the R1-Zero template)."""
+    format_answer: float = 0.0
+    """Bonus for a closing </answer> tag (paper: 0.25)."""
+    timeout_s: float = 5.0
+    """Per-answer verification timeout."""
+    workers: int = 2
+    """Verification worker processes."""
+    plugin: str | None = None
+    """Import path "package.module:function" of a user reward (kind = plugin)."""
+
+
+@dataclass
+class EvalSetConfig:
+    """One held-out benchmark."""
+
+    name: str = "heldout"
+    """Name used in metric keys (eval/<name>/accuracy)."""
+    path: str = ""
+    """Local jsonl/json/parquet file or hub name."""
+    preset: str = "math"
+    """Field preset (see data presets)."""
+    limit: int | None = None
+    """Evaluate on the first `limit` problems only."""
+
+
+@dataclass
+class DataConfig:
+    """Training prompts and held-out evaluation sets."""
+
+    train: str = ""
+    """Local jsonl/json/parquet file or hub name."""
+    split: str = "train"
+    """Split of a hub dataset."""
+    preset: str = "math"
+    """Field preset: gsm8k, math, minerva, arith (the tiny task), ..."""
+    template: str = "r1_zero"
+    """Prompt template: r1_zero, boxed, chat, plain."""
+    max_prompt_tokens: int | None = None
+    """Drop training prompts longer than this (tokens)."""
+    shuffle_seed: int = 0
+    """Seed of the shuffled epochs."""
+    eval: list[EvalSetConfig] = field(default_factory=list)
+    """Held-out sets evaluated every run.eval_every steps."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints of both models, optimizers, schedules, RNG states and the data cursor."""
+
+    every: int = 50
+    """Save every N steps (and always at the end and on SIGTERM/SIGUSR1); 0 = only then."""
+    keep_last: int = 2
+    """Complete checkpoints kept; older ones are deleted after a new one is complete."""
+    export_hf: bool = False
+    """Also write both models as Hugging Face checkpoints at each save."""
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics: JSONL always; TensorBoard and W&B optional."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files under <run.dir>/tensorboard."""
+    wandb_project: str | None = None
+    """Weights & Biases project; None disables W&B."""
+    wandb_run_name: str | None = None
+    """W&B run name (defaults to the run directory's name)."""
+    progress: bool = True
+    """Progress bar with ETA on rank 0."""
+
+
+@dataclass
+class RunConfig:
+    """The job."""
+
+    dir: str = "runs/codistill"
+    """Run directory: metrics.jsonl, checkpoints/, config.yaml, plots."""
+    steps: int = 100
+    """RL (or SFT) steps."""
+    seed: int = 1234
+    """Seed of weights init, sampling and data order."""
+    eval_every: int = 0
+    """Evaluate on data.eval every N steps (and at the end); 0 disables it."""
+    eval_greedy: bool = True
+    """Evaluate greedily (else with the training sampling)."""
+
+
+@dataclass
+class Config:
+    """Everything one `codistill train` run needs."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """The job."""
+    large: ModelConfig = field(default_factory=ModelConfig)
+    """The large model (TP x PP, DP over the rest); never decodes in codistill mode."""
+    small: ModelConfig = field(default_factory=ModelConfig)
+    """The small model (data parallel over all ranks); writes every rollout."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollout engine."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Objectives and mode."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Task reward."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts and evaluation sets."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpointing."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics sinks."""
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read YAML `path`, apply `section.key=value` overrides, return the typed tree (no layout checks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    base = path.parent.resolve()
+    cfg = from_dict(Config, raw, where=str(path))
+    _resolve_paths(cfg, base)
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Paths in the YAML that start with ./ or ../ are relative to the YAML file."""
+
+    def fix(p: str | None) -> str | None:
+        if p and (p.startswith("./") or p.startswith("../")):
+            return str((base / p).resolve())
+        return p
+
+    for m in (cfg.large, cfg.small):
+        m.hf_config, m.checkpoint, m.tokenizer = fix(m.hf_config), fix(m.checkpoint), fix(m.tokenizer)
+    cfg.data.train = fix(cfg.data.train) or ""
+    for e in cfg.data.eval:
+        e.path = fix(e.path) or ""
+    cfg.algorithm.sft.file = fix(cfg.algorithm.sft.file)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what `codistill config show` prints and runs save)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Config, world_size: int) -> None:
+    """Cross-component checks, before any compute. Raises ConfigError naming key, value and fix."""
+    for name in ("large", "small"):
+        m: ModelConfig = getattr(cfg, name)
+        _check(
+            (m.hf_config is None) != (m.arch is None) or (m.arch is None and m.checkpoint is not None),
+            f"{name}: give exactly one of {name}.hf_config or {name}.arch "
+            f"(or only {name}.checkpoint), got hf_config={m.hf_config!r}, arch={m.arch!r}",
+        )
+        for key in ("tensor_parallel", "pipeline_parallel", "micro_batch_size"):
+            _check(getattr(m, key) >= 1, f"{name}.{key} ({getattr(m, key)}) must be >= 1")
+    _check(
+        cfg.small.tensor_parallel == 1 and cfg.small.pipeline_parallel == 1,
+        f"small.tensor_parallel ({cfg.small.tensor_parallel}) and small.pipeline_parallel "
+        f"({cfg.small.pipeline_parallel}) must be 1: the small model is data parallel over all ranks",
+    )
+    tp, pp = cfg.large.tensor_parallel, cfg.large.pipeline_parallel
+    _check(
+        world_size % (tp * pp) == 0,
+        f"world size ({world_size}) must be divisible by large.tensor_parallel * large.pipeline_parallel "
+        f"({tp} * {pp} = {tp * pp}); valid world sizes are multiples of {tp * pp}",
+    )
+    for name in ("large", "small"):
+        m = getattr(cfg, name)
+        arch = model_arch(m, name)
+        try:
+            arch.validate_layout(m.tensor_parallel, m.pipeline_parallel)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
+    a = cfg.algorithm
+    _check(a.group_size >= 2, f"algorithm.group_size ({a.group_size}) must be >= 2: a group of one "
+           "rollout has no baseline, its whitened advantage is always 0")
+    _check(a.prompts_per_step >= 1, f"algorithm.prompts_per_step ({a.prompts_per_step}) must be >= 1")
+    n_seq = a.prompts_per_step * a.group_size
+    _check(
+        a.prompts_per_step % world_size == 0,
+        f"algorithm.prompts_per_step ({a.prompts_per_step}) must be divisible by the world size "
+        f"({world_size}) so that every data-parallel rank gets whole groups",
+    )
+    dp_large = world_size // (tp * pp)
+    _check(
+        n_seq % (dp_large * a.mini_batches) == 0 and (n_seq // world_size) % a.mini_batches == 0,
+        f"prompts_per_step * group_size ({n_seq}) must split evenly into algorithm.mini_batches "
+        f"({a.mini_batches}) on each of the {world_size} small-model and {dp_large} large-model "
+        "data-parallel ranks",
+    )
+    if a.pods_n is not None:
+        _check(a.pods_n > a.group_size, f"algorithm.pods_n ({a.pods_n}) must exceed group_size "
+               f"({a.group_size}): PODS keeps group_size of pods_n rollouts")
+    _check(a.clip_eps_low >= 0 and a.clip_eps_high >= 0, "algorithm.clip_eps_low/high must be >= 0")
+    _check(a.dual_clip is None or a.dual_clip > 1, f"algorithm.dual_clip ({a.dual_clip}) must be > 1")
+    _check(a.is_cap >= 1 and a.is_seq_cap >= 1, f"algorithm.is_cap ({a.is_cap}) and is_seq_cap "
+           f"({a.is_seq_cap}) must be >= 1")
+    if cfg.reward.kind == "plugin":
+        _check(bool(cfg.reward.plugin), "reward.kind is plugin but reward.plugin is empty; give "
+               "'package.module:function'")
+    _check(bool(cfg.data.train) or (a.mode == "sft" and bool(a.sft.file)),
+           "data.train is empty: give a jsonl/json/parquet file or a hub dataset name")
+    if cfg.rollout.engine == "sglang":
+        s = cfg.rollout.sglang
+        _check(bool(s.urls) or s.launch, "rollout.engine is sglang: give rollout.sglang.urls or set "
+               "rollout.sglang.launch=true")
+
+
+def model_arch(m: ModelConfig, name: str):
+    """The ModelArch of a model section (inline `arch`, or read from `hf_config` / `checkpoint`)."""
+    from megatron_codistill.models.arch import ModelArch
+
+    try:
+        if m.arch is not None:
+            return ModelArch(**m.arch)
+        return ModelArch.from_hf_config(m.hf_config or m.checkpoint)
+    except TypeError as e:
+        fields = ", ".join(f.name for f in dataclasses.fields(ModelArch))
+        raise ConfigError(f"{name}.arch: {e}; valid fields: {fields}") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{name}: {e}") from None
