@@ -1,0 +1,113 @@
+"""Per-step metrics: JSONL always, TensorBoard and W&B when enabled; phase timers; a progress bar.
+
+Only rank 0 writes; every other rank gets the same object whose sinks do nothing, so callers never
+branch on rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+from megatron_codistill.log import get_logger
+
+log = get_logger(__name__)
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase: `with timer("generate"): ...` -> {"time/generate": s}."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"time/{k}": v for k, v in self.seconds.items()}
+        out["time/step"] = sum(self.seconds.values())
+        return out
+
+
+class MetricsLogger:
+    """Writes `<run_dir>/metrics.jsonl` (one object per step), TensorBoard and W&B on rank 0."""
+
+    def __init__(self, run_dir: str | Path, *, rank: int, total_steps: int, start_step: int = 0,
+                 tensorboard: bool = True, wandb_project: str | None = None,
+                 wandb_run_name: str | None = None, progress: bool = True, config: dict | None = None):
+        self.active = rank == 0
+        self.run_dir = Path(run_dir)
+        self._jsonl = self._tb = self._wandb = self._bar = None
+        if not self.active:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError as e:
+                log.warning("tensorboard disabled: %s", e)
+        if wandb_project:
+            try:
+                import wandb
+
+                self._wandb = wandb.init(project=wandb_project, name=wandb_run_name or self.run_dir.name,
+                                         config=config, resume="allow")
+            except ImportError:
+                log.warning("logging.wandb_project is set but wandb is not installed: W&B disabled")
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        clean = {k: float(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                if math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+        if self._bar is not None:
+            shown = {k.split("/", 1)[-1][:12]: f"{clean[k]:.3g}" for k in _PROGRESS_KEYS if k in clean}
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        for sink in (self._jsonl, self._tb, self._bar):
+            if sink is not None:
+                sink.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+_PROGRESS_KEYS = ("small/task_reward", "large/task_reward", "kd/reward_mean", "time/step")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All rows of `<run_dir>/metrics.jsonl`, in order (a partial last line is skipped)."""
+    rows = []
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
