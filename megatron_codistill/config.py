@@ -158,6 +158,28 @@ class SFTConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """Supervised warm start on the training set's gold solutions before RL (fresh runs only).
+
+    Used by the tiny example so that rewards are not all zero at the first RL step; real runs start
+    from pretrained checkpoints and leave both step counts at 0.
+    """
+
+    small_steps: int = 0
+    """Supervised steps of the small model (0 skips it)."""
+    large_steps: int = 0
+    """Supervised steps of the large model (0 skips it)."""
+    small_lr: float = 3e-3
+    """Learning rate of the small model's warm start."""
+    large_lr: float = 3e-3
+    """Learning rate of the large model's warm start."""
+    batch_size: int = 64
+    """Sequences per warm-start step (split over data-parallel ranks)."""
+    solution_field: str = "solution"
+    """Dataset field holding the gold solution text (the response to imitate)."""
+
+
+@dataclass
 class AlgorithmConfig:
     """CoDistill-GRPO and its baselines (DESIGN §2). Defaults follow the paper."""
 
@@ -264,6 +286,10 @@ class DataConfig:
     """Field preset: gsm8k, math, minerva, arith (the tiny task), ..."""
     template: str = "r1_zero"
     """Prompt template: r1_zero, boxed, chat, plain."""
+    prompt_field: str | None = None
+    """Override of the preset's prompt field."""
+    answer_field: str | None = None
+    """Override of the preset's reference-answer field."""
     max_prompt_tokens: int | None = None
     """Drop training prompts longer than this (tokens)."""
     shuffle_seed: int = 0
@@ -336,6 +362,8 @@ class Config:
     """Checkpointing."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metrics sinks."""
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Optional supervised warm start before RL."""
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
