@@ -1,0 +1,155 @@
+"""Megatron-Core GPTModel from a `ModelArch`: TransformerConfig, layer spec, model.
+
+One code path for both families and every layout: Qwen2 and Llama differ only in `ModelArch`
+fields (QKV bias, tied embeddings, RoPE base/scaling). The layer spec is chosen as data: the local
+Megatron spec on CPU, the Transformer Engine spec when TE and CUDA are present.
+
+Written against megatron-core 0.16.1 and checked against the 0.19 API (same GPTModel,
+TransformerConfig fields and spec functions); version differences are feature-detected.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from megatron_codistill.models.arch import ModelArch
+
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
+FP8_FORMATS = ("e4m3", "hybrid")
+# Megatron's RotaryEmbedding._apply_scaling hard-codes these llama3 constants (0.16.1 .. 0.19).
+_MEGATRON_LLAMA3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+@functools.cache
+def te_available() -> bool:
+    """Transformer Engine's PyTorch modules import."""
+    try:
+        importlib.import_module("transformer_engine.pytorch")
+    except Exception:  # noqa: BLE001 - a broken TE install counts as absent
+        return False
+    return True
+
+
+def resolve_transformer_impl(transformer_impl: str) -> str:
+    """"auto" -> "transformer_engine" with TE and CUDA, else "local"; explicit choices are checked."""
+    if transformer_impl not in TRANSFORMER_IMPLS:
+        raise ValueError(
+            f"transformer_impl={transformer_impl!r} is not valid; valid: {list(TRANSFORMER_IMPLS)}")
+    has_te = te_available() and torch.cuda.is_available()
+    if transformer_impl == "auto":
+        return "transformer_engine" if has_te else "local"
+    if transformer_impl == "transformer_engine" and not has_te:
+        raise ValueError(
+            "transformer_impl='transformer_engine' needs Transformer Engine and CUDA "
+            f"(TE importable: {te_available()}, CUDA: {torch.cuda.is_available()}); "
+            "install the `gpu` extra or use transformer_impl='local'")
+    return transformer_impl
+
+
+def transformer_config(arch: ModelArch, *, tp: int, pp: int, params_dtype: torch.dtype,
+                       fp8: str | None = None, transformer_impl: str = "auto", **overrides):
+    """Megatron TransformerConfig for `arch` at tensor/pipeline sizes (tp, pp).
+
+    fp8: FP8 format ("e4m3" | "hybrid") or None; needs Transformer Engine. The recipe is
+    Megatron's `fp8_recipe` field (default "delayed"), settable through `overrides`, which are
+    passed to TransformerConfig last (e.g. recompute_granularity, fusions on GPU).
+    """
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    arch.validate_layout(tp, pp)
+    impl = resolve_transformer_impl(transformer_impl)
+    if fp8 is not None:
+        if fp8 not in FP8_FORMATS:
+            raise ValueError(f"fp8={fp8!r} is not a valid FP8 format; valid: {list(FP8_FORMATS)} or None")
+        if not te_available() or impl != "transformer_engine":
+            raise ValueError(
+                f"fp8={fp8!r} needs Transformer Engine (the transformer_engine layer spec on CUDA); "
+                f"here TE importable: {te_available()}, transformer_impl resolved to {impl!r}")
+    on_gpu = torch.cuda.is_available()
+    kwargs = dict(
+        num_layers=arch.num_layers, hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_attention_heads, num_query_groups=arch.num_key_value_heads,
+        kv_channels=arch.head_dim, ffn_hidden_size=arch.ffn_hidden_size,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        normalization="RMSNorm", layernorm_epsilon=arch.rms_norm_eps,
+        gated_linear_unit=True, activation_func=F.silu,  # SwiGLU: silu(gate) * up
+        add_bias_linear=False, add_qkv_bias=arch.qkv_bias,
+        hidden_dropout=0.0, attention_dropout=0.0,
+        params_dtype=params_dtype, pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16, fp16=params_dtype == torch.float16,
+        # CPU init draws each full weight from the CPU RNG and keeps this rank's shard (no CUDA
+        # RNG tracker involved); on GPU the tracker is seeded by parallel.layout.build_layouts.
+        use_cpu_initialization=not on_gpu,
+        # Fused kernels exist only on GPU; off by default everywhere so CPU and GPU agree.
+        bias_activation_fusion=False, masked_softmax_fusion=False, bias_dropout_fusion=False,
+        apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
+        cross_entropy_loss_fusion=False,
+        batch_p2p_sync=on_gpu,  # the sync is torch.cuda.synchronize()
+        variable_seq_lengths=False,
+        transformer_impl=impl,
+    )
+    if fp8 is not None:
+        kwargs["fp8"] = fp8
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def layer_spec(arch: ModelArch, transformer_impl: str = "auto"):
+    """ModuleSpec of one transformer layer: local Megatron modules or Transformer Engine ones."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    impl = resolve_transformer_impl(transformer_impl)
+    if impl == "transformer_engine":
+        # TE's fused norm follows config.normalization ("RMSNorm")
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=False)
+
+
+def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_process: bool,
+                    params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto",
+                    fp8: str | None = None, seq_length: int | None = None):
+    """GPTModel for this rank's shard: TP and PP sizes are read from `pg_collection`.
+
+    Vocab is padded to `arch.padded_vocab_size(tp)` (padded logit columns must be masked, see
+    parallel.logprobs); the output stays vocab-parallel (parallel_output=True): logits [B, T, V/tp].
+    """
+    from megatron.core.models.gpt import GPTModel
+
+    tp, pp = pg_collection.tp.size(), pg_collection.pp.size()
+    impl = resolve_transformer_impl(transformer_impl)
+    config = transformer_config(arch, tp=tp, pp=pp, params_dtype=params_dtype, fp8=fp8,
+                                transformer_impl=impl)
+    if impl == "local":
+        _ensure_global_memory_buffer()
+    return GPTModel(
+        config=config, transformer_layer_spec=layer_spec(arch, impl),
+        vocab_size=arch.padded_vocab_size(tp), max_sequence_length=seq_length or arch.max_position_embeddings,
+        pre_process=pre_process, post_process=post_process, parallel_output=True,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope", rotary_base=arch.rope_theta, **_rope_scaling_kwargs(arch),
+        pg_collection=pg_collection,
+    )
+
+
+def _rope_scaling_kwargs(arch: ModelArch) -> dict:
+    if arch.rope_scaling is None:
+        return {}
+    for key, value in _MEGATRON_LLAMA3.items():
+        if float(arch.rope_scaling[key]) != value:
+            raise ValueError(
+                f"rope_scaling.{key}={arch.rope_scaling[key]} is not supported: Megatron-Core's llama3 "
+                f"RoPE scaling is fixed to {_MEGATRON_LLAMA3}; only `factor` may vary")
+    return {"rope_scaling": True, "rope_scaling_factor": float(arch.rope_scaling["factor"])}
+
+
+def _ensure_global_memory_buffer() -> None:
+    """The local spec's DotProductAttention takes its score buffer from parallel_state's global
+    memory buffer, which only initialize_model_parallel creates; we never call that."""
+    from megatron.core import parallel_state
+
+    if getattr(parallel_state, "_GLOBAL_MEMORY_BUFFER", None) is None:
+        parallel_state._set_global_memory_buffer()
