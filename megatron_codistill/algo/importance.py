@@ -116,7 +116,8 @@ def importance_weights(
     if not 0 <= lo <= 1:
         raise ValueError(f"importance weight lower bound ({lo}) must be in [0, 1]")
     with torch.no_grad():
-        lam = zero_outside(target_logp - behaviour_logp, mask).to(torch.float32)
+        lam = zero_outside(target_logp - behaviour_logp, mask)
+        lam = lam.to(torch.promote_types(lam.dtype, torch.float32))  # bf16 log-probs: ratios in fp32
         w, dropped, truncated = fn(lam, mask, c, lo)
         on = mask > 0
         w = torch.where(on, w, 0.0)

@@ -26,6 +26,12 @@ def _check_rewards(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -
     check_groups(mask.shape[0], group_size)
 
 
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a [N] tensor in at least fp32; 0 when empty."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return x.sum() / max(x.numel(), 1)
+
+
 def _advantage_metrics(
     rewards: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, group_size: int
 ) -> dict[str, torch.Tensor]:
@@ -34,9 +40,9 @@ def _advantage_metrics(
         adv_t = adv[:, None].expand_as(mask) if adv.dim() == 1 else adv
         constant = ~nonconstant_groups(rewards, group_size)
         return {
-            "reward/mean": rewards.float().sum() / max(rewards.numel(), 1),
+            "reward/mean": _mean(rewards),
             "adv/abs_mean": masked_mean(adv_t.abs(), mask),
-            "adv/constant_group_frac": constant.float().sum() / max(constant.numel(), 1),
+            "adv/constant_group_frac": _mean(constant.float()),
         }
 
 
@@ -57,8 +63,16 @@ def grpo_loss(
     rollouts: A = group_whiten(rewards), then `policy_loss`. rewards: [B*G]; tensors [B*G, T]."""
     _check_rewards(rewards, mask, group_size)
     adv = group_whiten(rewards, group_size, scale_by_std=scale_by_std)
-    out = policy_loss(logp, old_logp, adv, mask, options=options, ref_logp=ref_logp, entropy=entropy,
-                      denominator=denominator)
+    out = policy_loss(
+        logp,
+        old_logp,
+        adv,
+        mask,
+        options=options,
+        ref_logp=ref_logp,
+        entropy=entropy,
+        denominator=denominator,
+    )
     out.metrics.update(_advantage_metrics(rewards, adv, mask, group_size))
     return out
 
@@ -101,17 +115,27 @@ def small_model_loss(
     adv = group_whiten(shaped, group_size, scale_by_std=scale_by_std)
     if token_alpha:
         adv = token_kd_advantages(adv, d, mask, alpha=token_alpha, kappa=kappa)
-    out = policy_loss(logp, old_logp, adv, mask, options=options, ref_logp=ref_logp, entropy=entropy,
-                      denominator=denominator)
+    out = policy_loss(
+        logp,
+        old_logp,
+        adv,
+        mask,
+        options=options,
+        ref_logp=ref_logp,
+        entropy=entropy,
+        denominator=denominator,
+    )
     with torch.no_grad():
         has = (lengths(mask) > 0).to(mask.dtype)
         out.metrics.update(_advantage_metrics(shaped, adv, mask, group_size))
-        out.metrics.update({
-            "kd/reward_mean": masked_mean(kd, has),
-            "kd/token_mean": masked_mean(d, mask),
-            "kd/clip_frac": masked_mean((kd.abs() > kappa).to(mask.dtype), has),
-            "reward/task_mean": task_rewards.float().sum() / max(task_rewards.numel(), 1),
-        })
+        out.metrics.update(
+            {
+                "kd/reward_mean": masked_mean(kd, has),
+                "kd/token_mean": masked_mean(d, mask),
+                "kd/clip_frac": masked_mean((kd.abs() > kappa).to(mask.dtype), has),
+                "reward/task_mean": _mean(task_rewards),
+            }
+        )
     return out
 
 
@@ -144,11 +168,21 @@ def large_model_loss(
     Metrics: those of `policy_loss` and `importance_weights` (is/*), reward/mean, adv/*.
     """
     _check_rewards(task_rewards, mask, group_size)
-    iw = importance_weights(old_logp, behaviour_logp, mask, scheme=scheme, cap=cap, seq_cap=seq_cap,
-                            lower=lower)
+    iw = importance_weights(
+        old_logp, behaviour_logp, mask, scheme=scheme, cap=cap, seq_cap=seq_cap, lower=lower
+    )
     adv = group_whiten(task_rewards, group_size, scale_by_std=scale_by_std)
-    out = policy_loss(logp, old_logp, adv, iw.kept, options=options, weights=iw.weights, ref_logp=ref_logp,
-                      entropy=entropy, denominator=denominator)
+    out = policy_loss(
+        logp,
+        old_logp,
+        adv,
+        iw.kept,
+        options=options,
+        weights=iw.weights,
+        ref_logp=ref_logp,
+        entropy=entropy,
+        denominator=denominator,
+    )
     out.metrics.update(iw.metrics)
     out.metrics.update(_advantage_metrics(task_rewards, adv, mask, group_size))
     return out

@@ -36,8 +36,8 @@ def max_variance_subset(rewards: torch.Tensor, group_size: int, keep: int) -> to
     c1 = torch.cat([zero, sorted_r.cumsum(1)], dim=1)  # c1[:, j] = sum of the j smallest
     c2 = torch.cat([zero, sorted_r.pow(2).cumsum(1)], dim=1)
     k = torch.arange(m + 1, device=r.device)  # candidate: k largest + (m - k) smallest
-    s1 = c1[:, m - k] + c1[:, n:n + 1] - c1[:, n - k]
-    s2 = c2[:, m - k] + c2[:, n:n + 1] - c2[:, n - k]
+    s1 = c1[:, m - k] + c1[:, n : n + 1] - c1[:, n - k]
+    s2 = c2[:, m - k] + c2[:, n : n + 1] - c2[:, n - k]
     variance = s2 / m - (s1 / m).pow(2)  # [B, m + 1]
     best = variance.argmax(dim=1, keepdim=True)  # first maximum: fewest large rewards
     j = torch.arange(m, device=r.device)[None, :]
