@@ -1,0 +1,215 @@
+"""A deterministic stand-in for an SGLang 0.5.23 HTTP server: its routes and JSON shapes, no model.
+
+Generation rule (row with input ids p, k-th new token): token (p[-1] + k + 1) % 50, log-prob
+-0.01 * (k + 1); "output_token_sampling_logprobs" (asked with return_sampling_mask) are half
+those, so a test can tell which field was read. Failure modes, chosen per server:
+  ok | http500 | flaky:K (first K /generate answer 503) | slow:S (sleep S s in /generate)
+  | malformed (no meta_info) | short (one result missing) | abort | fail_update | mismatch (wrong ids)
+
+In-process: `start_fake(mode)`; as a process (for launch and weight-group tests):
+`python fake_sglang.py --model-path M --tp-size 1 --mem-fraction-static F --host H --port P
+ [--mode MODE] [--startup-delay S] [--exit-code C]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VOCAB = 50
+
+
+class FakeState:
+    def __init__(self, mode: str = "ok", tp_size: int = 1, ready_at: float = 0.0) -> None:
+        self.mode, self.tp_size, self.ready_at = mode, tp_size, ready_at
+        self.requests: list[tuple[str, object]] = []
+        self.weight_version = "default"
+        self.generate_calls = 0
+        self.group = None
+        self.received: dict[str, list] = {}
+        self.lock = threading.Lock()
+
+
+def fake_row(prompt, params, sampling_mask, weight_version):
+    stop = set(params.get("stop_token_ids") or [])
+    ids, finish = [], {"type": "length", "length": params["max_new_tokens"]}
+    for k in range(params["max_new_tokens"]):
+        tok = (prompt[-1] + k + 1) % VOCAB
+        ids.append(tok)
+        if tok in stop:
+            finish = {"type": "stop", "matched": tok}
+            break
+    lps = [-0.01 * (k + 1) for k in range(len(ids))]
+    meta = {
+        "id": "x",
+        "finish_reason": finish,
+        "prompt_tokens": len(prompt),
+        "weight_version": weight_version,
+        "output_token_logprobs": [[lp, t, None] for lp, t in zip(lps, ids)],
+        "completion_tokens": len(ids),
+    }
+    if sampling_mask:
+        meta["output_token_sampling_logprobs"] = [lp / 2 for lp in lps]
+    return {"text": "", "output_ids": ids, "meta_info": meta}
+
+
+def fake_score(prompt, weight_version):
+    triples = [[None, prompt[0], None]] + [[-0.1 * t, tok, None] for t, tok in enumerate(prompt[1:], 1)]
+    return {
+        "text": "",
+        "output_ids": [],
+        "meta_info": {
+            "input_token_logprobs": triples,
+            "finish_reason": {"type": "length", "length": 0},
+            "weight_version": weight_version,
+        },
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    state: FakeState
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _send(self, code: int, payload=None, text: str | None = None) -> None:
+        body = text.encode() if text is not None else json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain" if text is not None else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server naming
+        s = self.state
+        if self.path == "/health":
+            return self._send(200 if time.monotonic() >= s.ready_at else 503, text="")
+        if self.path == "/server_info":
+            gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+            return self._send(200, {"tp_size": s.tp_size, "version": "0.5.23", "cuda_visible_devices": gpus})
+        if self.path == "/debug/requests":
+            return self._send(200, s.requests)
+        if self.path == "/debug/received":
+            return self._send(200, s.received)
+        self._send(404, {"detail": "Not Found"})
+
+    def do_POST(self):  # noqa: N802
+        s = self.state
+        n = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(n)) if n else None
+        with s.lock:
+            s.requests.append((self.path, body))
+        route = getattr(self, "_route_" + self.path.strip("/"), None)
+        if route is None:
+            return self._send(404, {"detail": "Not Found"})
+        route(body)
+
+    def _route_generate(self, body):
+        s = self.state
+        with s.lock:
+            s.generate_calls += 1
+            calls = s.generate_calls
+        mode, _, arg = s.mode.partition(":")
+        if mode == "http500":
+            return self._send(500, {"error": {"message": "CUDA error: an illegal memory access"}})
+        if mode == "flaky" and calls <= int(arg):
+            return self._send(503, text="")
+        if mode == "slow":
+            time.sleep(float(arg))
+        rows, params = body["input_ids"], body["sampling_params"]
+        params = params if isinstance(params, list) else [params] * len(rows)
+        if params[0]["max_new_tokens"] == 0:
+            return self._send(200, [fake_score(p, s.weight_version) for p in rows])
+        mask = bool(body.get("return_sampling_mask"))
+        out = [fake_row(p, sp, mask, s.weight_version) for p, sp in zip(rows, params)]
+        if mode == "malformed":
+            out = [{"output_ids": o["output_ids"]} for o in out]
+        elif mode == "short":
+            out = out[:-1]
+        elif mode == "abort":
+            out[0]["meta_info"]["finish_reason"] = {"type": "abort", "message": "out of memory"}
+        elif mode == "mismatch":
+            out[0]["output_ids"] = [o + 1 for o in out[0]["output_ids"]]
+        self._send(200, out)
+
+    def _update_result(self, message: str, version=None):
+        if self.state.mode == "fail_update":
+            return self._send(
+                400, {"success": False, "message": "Failed to get weights iterator: no such file"}
+            )
+        if version is not None:
+            self.state.weight_version = version
+        self._send(200, {"success": True, "message": message})
+
+    def _route_update_weights_from_disk(self, body):
+        self._update_result("Succeeded to update model weights.", body.get("weight_version"))
+
+    def _route_update_weight_version(self, body):
+        self._update_result("ok", body["new_version"])
+
+    def _route_flush_cache(self, body):
+        self._send(200, text="Cache flushed.\n")
+
+    def _route_init_weights_update_group(self, body):
+        from megatron_codistill.rollout.weight_group import init_weight_update_group
+
+        self.state.group = init_weight_update_group(
+            body["master_address"],
+            body["master_port"],
+            body["rank_offset"],
+            body["world_size"],
+            body["group_name"],
+            body["backend"],
+        )
+        self._send(200, {"success": True, "message": "Succeeded to initialize custom process group."})
+
+    def _route_update_weights_from_distributed(self, body):
+        import torch
+        import torch.distributed as dist
+
+        for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"]):
+            t = torch.empty(shape, dtype=getattr(torch, dtype))
+            dist.broadcast(t, src=0, group=self.state.group)
+            self.state.received[name] = [dtype, list(shape), t.float().flatten().tolist()]
+        self._send(200, {"success": True, "message": "Succeeded to update parameter online."})
+
+
+def start_fake(mode: str = "ok", host: str = "127.0.0.1", port: int = 0, **kw):
+    """Serve a fake in a daemon thread. Returns (url, state, server); call server.shutdown() to stop."""
+    state = FakeState(mode, **kw)
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://{host}:{server.server_address[1]}", state, server
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--tp-size", type=int, default=1)
+    ap.add_argument("--mem-fraction-static", type=float, default=0.8)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--mode", default="ok")
+    ap.add_argument("--startup-delay", type=float, default=0.0)
+    ap.add_argument("--exit-code", type=int, default=None)
+    args = ap.parse_args(argv)
+    print(f"fake sglang {args.model_path} tp={args.tp_size} port={args.port}", flush=True)
+    if args.exit_code is not None:
+        print("fatal: model not found", flush=True)
+        sys.exit(args.exit_code)
+    _, _, server = start_fake(
+        args.mode, args.host, args.port, tp_size=args.tp_size, ready_at=time.monotonic() + args.startup_delay
+    )
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

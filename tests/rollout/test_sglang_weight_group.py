@@ -1,0 +1,68 @@
+"""The trainer end of the SGLang weight-update group, against two fake servers in their own processes.
+
+The group runs on gloo here (SGLang's request takes the backend name; NCCL needs GPUs). Each fake
+joins with the same construction as the trainer, so this checks the protocol (group layout, one
+broadcast per tensor in the announced order, dtypes, shapes, version), not SGLang's own code.
+"""
+
+import socket
+import sys
+
+import pytest
+import torch
+
+from megatron_codistill.rollout.base import SamplingParams
+from megatron_codistill.rollout.sglang import SGLangEngine
+from tests.rollout.test_sglang_client import FAKE, free_port_pair
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_fakes(tmp_path):
+    engine = SGLangEngine.launch(
+        "/models/tiny",
+        num_servers=2,
+        base_port=free_port_pair(),
+        launcher=[sys.executable, FAKE],
+        startup_timeout=60,
+        log_dir=tmp_path,
+    )
+    yield engine
+    engine.shutdown()
+
+
+def test_buckets_are_broadcast_to_every_server_and_the_version_is_set(two_fakes):
+    engine = two_fakes
+    engine.tp_sizes = None  # ask /server_info, as when attaching to running servers
+    engine.init_weight_update_group("127.0.0.1", free_port(), backend="gloo")
+    torch.manual_seed(0)
+    buckets = [
+        [("model.embed_tokens.weight", torch.randn(6, 4)), ("model.norm.weight", torch.randn(4))],
+        [("lm_head.weight", torch.randn(6, 4).to(torch.bfloat16))],
+        [],
+    ]
+    engine.update_weights_from_distributed(buckets, version=4)
+    assert engine.version == 4
+    want = {n: t for b in buckets for n, t in b}
+    for url in engine.urls:
+        got = engine.client.call(url, "/debug/received", method="GET")
+        assert set(got) == set(want)
+        for name, (dtype, shape, values) in got.items():
+            assert dtype == str(want[name].dtype).removeprefix("torch.") and shape == list(want[name].shape)
+            torch.testing.assert_close(torch.tensor(values), want[name].float().flatten())
+        requests = engine.client.call(url, "/debug/requests", method="GET")
+        init = next(body for path, body in requests if path == "/init_weights_update_group")
+        assert init["world_size"] == 3 and init["rank_offset"] == 1 + engine.urls.index(url)
+        assert ["/update_weight_version", {"new_version": "4", "abort_all_requests": False}] in requests
+    out = engine.generate([[1], [2]], 1, SamplingParams(max_new_tokens=1))
+    assert all(g[0].weight_version == 4 for g in out)
+
+
+def test_update_without_a_group_is_refused(two_fakes):
+    with pytest.raises(RuntimeError, match="init_weight_update_group first"):
+        two_fakes.update_weights([("a", torch.zeros(1))], version=1)
