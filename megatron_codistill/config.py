@@ -133,6 +133,8 @@ class RolloutConfig:
     """How new weights reach the engine; auto = direct for embedded, disk for sglang."""
     bucket_mb: float = 512.0
     """Weight-sync bucket size in MB."""
+    sync_dir: str = ""
+    """Directory for `disk` syncs, visible to the servers; empty = <run.dir>/weight_sync."""
     verify_sync: bool = False
     """After each sync, check engine log-probs on a probe batch equal the trainer's."""
     verify_atol: float = 1e-3

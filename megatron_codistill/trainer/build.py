@@ -1,0 +1,100 @@
+"""Everything one run holds, built from a validated config: layouts, the policies, the rollout
+engine, prompts, reward, checkpoints and metrics. Construction is collective (every rank)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from megatron_codistill.config import Config, to_dict, validate
+from megatron_codistill.log import get_logger
+from megatron_codistill.parallel.layout import ModelLayout, build_layouts, init_distributed
+from megatron_codistill.rollout.base import RolloutEngine, SamplingParams
+from megatron_codistill.trainer.checkpoint import CheckpointManager
+from megatron_codistill.trainer.engines import build_engine, sync_engine
+from megatron_codistill.trainer.modes import Mode, resolve_mode
+from megatron_codistill.trainer.policy import Policy
+from megatron_codistill.trainer.prompts import PromptStream, load_tokenizer
+from megatron_codistill.trainer.task_reward import build_reward
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Run:
+    cfg: Config
+    mode: Mode
+    rank: int
+    world_size: int
+    layouts: dict[str, ModelLayout]
+    policies: dict[str, Policy]
+    engine: RolloutEngine
+    sampling: SamplingParams
+    tokenizer: object
+    prompts: PromptStream
+    reward: object
+    checkpoints: CheckpointManager
+    pad_id: int
+    tokenizer_dir: str | None = None
+    engine_version: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def generator(self) -> str:
+        """The model the rollout engine serves (the teacher, large, in sft mode)."""
+        return "large" if self.mode is None else self.mode.generator
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def sync_weights(self, step: int) -> None:
+        """Push the generator's weights to the rollout engine (collective)."""
+        sync_engine(self.engine, self.policies[self.generator], self.cfg.rollout, version=step,
+                    run_dir=self.cfg.run.dir)
+        self.engine_version = step
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Same model init on every rank (Megatron splits a full CPU init); per-rank sampling streams."""
+    random.seed(seed + rank)
+    torch.manual_seed(seed)
+
+
+def build_run(cfg: Config, *, sft: bool = False) -> Run:
+    rank, world = init_distributed()
+    validate(cfg, world)
+    seed_everything(cfg.run.seed, rank)
+    mode = resolve_mode(cfg.algorithm) if not sft else None
+    large_layout, small_layout = build_layouts(tp=cfg.large.tensor_parallel, pp=cfg.large.pipeline_parallel,
+                                               seed=cfg.run.seed)
+    layouts = {"large": large_layout, "small": small_layout}
+    a = cfg.algorithm
+    steps_per_rl_step = a.epochs_per_step * a.mini_batches
+    total = cfg.run.steps * steps_per_rl_step
+    policies: dict[str, Policy] = {}
+    needs = {"small": True, "large": True} if sft else {"small": mode.needs_small, "large": mode.needs_large}
+    for name, seed_offset in (("large", 1), ("small", 2)):
+        if not needs[name]:
+            continue
+        trainable = True if sft else (mode.train_small if name == "small" else mode.train_large)
+        policies[name] = Policy(name, getattr(cfg, name), layouts[name], total_steps=total,
+                                seed=cfg.run.seed + seed_offset, with_reference=trainable and a.kl_beta > 0,
+                                trainable=trainable)
+    tokenizer = load_tokenizer(cfg)
+    generator = "large" if sft else mode.generator
+    engine = build_engine(cfg, policies[generator], rank=rank)
+    s = cfg.rollout.sampling
+    stop = tuple(tokenizer.convert_tokens_to_ids(t) for t in s.stop)
+    sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                              max_new_tokens=s.max_new_tokens,
+                              stop_token_ids=(tokenizer.eos_token_id, *stop), seed=None)
+    prompts = PromptStream(cfg, tokenizer, rank=rank, world_size=world)
+    run = Run(cfg=cfg, mode=mode, rank=rank, world_size=world, layouts=layouts, policies=policies,
+              engine=engine, sampling=sampling, tokenizer=tokenizer, prompts=prompts,
+              reward=build_reward(cfg.reward), pad_id=tokenizer.pad_token_id,
+              checkpoints=CheckpointManager(cfg.run.dir, rank=rank, world_size=world,
+                                            keep_last=cfg.checkpoint.keep_last))
+    run.extra["config"] = to_dict(cfg)
+    return run

@@ -1,0 +1,61 @@
+"""Periodic evaluation on held-out sets (`data.eval`): accuracy of every model of the run.
+
+Each rank decodes its share of the problems (greedy by default) and the counts are summed over
+ranks. The generator model is evaluated through the run's engine; the other model through an
+embedded engine that receives its weights by the same export path (embedded runs only).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from megatron_codistill.log import get_logger
+from megatron_codistill.rollout.base import SamplingParams
+from megatron_codistill.trainer.engines import sync_engine
+
+log = get_logger(__name__)
+
+
+def _engine_for(run, name: str):
+    if name == run.generator:
+        return run.engine
+    if run.cfg.rollout.engine != "embedded":
+        return None
+    cache = run.extra.setdefault("eval_engines", {})
+    if name not in cache:
+        from megatron_codistill.rollout.embedded import EmbeddedEngine
+
+        policy = run.policies[name]
+        cache[name] = EmbeddedEngine.from_config(
+            policy.arch.to_hf_config(), dtype=policy.cfg.dtype, pad_token_id=run.pad_id,
+            max_batch_size=run.cfg.rollout.max_batch_size, prompt_overflow=run.cfg.rollout.prompt_overflow,
+            seed=run.cfg.run.seed + run.rank,
+        )
+    engine = cache[name]
+    sync_engine(engine, run.policies[name], run.cfg.rollout, version=run.engine_version,
+                run_dir=run.cfg.run.dir)
+    return engine
+
+
+def evaluate(run) -> dict[str, float]:
+    """{"eval/<set>/<model>_accuracy": fraction correct} for every eval set and model."""
+    sampling = run.sampling if not run.cfg.run.eval_greedy else SamplingParams(
+        temperature=0.0, max_new_tokens=run.sampling.max_new_tokens,
+        stop_token_ids=run.sampling.stop_token_ids)
+    metrics: dict[str, float] = {}
+    for eval_set in run.cfg.data.eval:
+        problems = run.prompts.eval_problems(eval_set)
+        mine = problems[run.rank :: run.world_size]
+        for name in sorted(run.policies):
+            engine = _engine_for(run, name)
+            if engine is None:
+                continue
+            groups = engine.generate([p.prompt_ids for p in mine], 1, sampling) if mine else []
+            texts = [run.decode(g[0].response_ids) for g in groups]
+            scores = run.reward(texts, [p.reference for p in mine]) if mine else []
+            counts = torch.tensor([sum(float(s >= run.cfg.reward.correct) for s in scores), float(len(mine))])
+            if dist.is_initialized():
+                dist.all_reduce(counts)
+            metrics[f"eval/{eval_set.name}/{name}_accuracy"] = float(counts[0] / counts[1].clamp(min=1))
+    return metrics

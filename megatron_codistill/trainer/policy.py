@@ -1,0 +1,127 @@
+"""A trained model in its parallel layout: weights, optimizer, schedule and an optional reference.
+
+The large model (TP x PP, DP over the rest) and the small model (DP over all ranks) are both a
+`Policy`; they differ only in config and layout. Every method is collective over the model's
+group: all its ranks call it with the same (replica-local) arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from megatron_codistill.config import ModelConfig, model_arch
+from megatron_codistill.log import get_logger
+from megatron_codistill.models.arch import ModelArch
+from megatron_codistill.models.provider import build_gpt_model
+from megatron_codistill.parallel import optimizer as optim
+from megatron_codistill.parallel.layout import ModelLayout
+from megatron_codistill.parallel.logprobs import forward_logprobs
+from megatron_codistill.parallel.schedule import unwrap
+from megatron_codistill.parallel.train_step import train_step
+
+log = get_logger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, slice], tuple[torch.Tensor, dict]]
+
+
+class Policy:
+    """One model: `logprobs(tokens)`, `update(tokens, loss_fn)`, weight export and state."""
+
+    def __init__(self, name: str, cfg: ModelConfig, layout: ModelLayout, *, total_steps: int,
+                 seed: int, with_reference: bool = False, trainable: bool = True):
+        self.name, self.cfg, self.layout = name, cfg, layout
+        self.arch: ModelArch = model_arch(cfg, name)
+        self.trainable = trainable
+        torch.manual_seed(seed)  # identical init on every rank; Megatron splits the full CPU init
+        module = build_gpt_model(
+            self.arch, pg_collection=layout.pg_collection, pre_process=layout.is_first_stage,
+            post_process=layout.is_last_stage, params_dtype=DTYPES[cfg.dtype],
+            transformer_impl=cfg.transformer_impl, fp8=cfg.fp8,
+        )
+        if cfg.checkpoint:
+            load_weights(module, self.arch, layout, cfg.checkpoint)
+        self.model, self.optimizer, self.scheduler = module, None, None
+        if trainable:
+            o = cfg.optimizer
+            self.model, self.optimizer, self.scheduler = optim.build_optimizer(
+                module, layout, lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+                adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
+                clip_grad=o.clip_grad, warmup_steps=min(o.warmup_steps, max(total_steps - 1, 0)),
+                total_steps=max(total_steps, 1), decay_style=o.decay_style,
+                use_distributed_optimizer=o.use_distributed_optimizer,
+            )
+        self.reference = copy.deepcopy(module).eval() if with_reference else None
+        n = sum(p.numel() for p in module.parameters())
+        log.info("%s model: %.3fM parameters on this rank (%s)", name, n / 1e6, layout.describe())
+
+    @property
+    def module(self):
+        """The bare GPTModel chunk of this rank."""
+        return unwrap(self.model)
+
+    def logprobs(self, tokens: torch.Tensor, *, with_entropy: bool = False, reference: bool = False):
+        """Per-token log-probs [B, T-1] of `tokens` [B, T] (replica-local rows), on every rank."""
+        model = self.reference if reference else self.model
+        if reference and model is None:
+            raise RuntimeError(f"{self.name} model has no reference copy (algorithm.kl_beta is 0)")
+        model.eval()
+        return forward_logprobs(model, self.layout, tokens, micro_batch_size=self.cfg.micro_batch_size,
+                                with_entropy=with_entropy)
+
+    def update(self, tokens: torch.Tensor, loss_fn: LossFn, *, with_entropy: bool = False) -> dict:
+        """One optimizer step on `tokens` [B, T] with the per-micro-batch `loss_fn` (see train_step)."""
+        if not self.trainable:
+            raise RuntimeError(f"{self.name} model is frozen in this mode")
+        self.model.train()
+        return train_step(self.model, self.optimizer, self.layout, tokens, loss_fn,
+                          micro_batch_size=self.cfg.micro_batch_size, scheduler=self.scheduler,
+                          with_entropy=with_entropy)
+
+    def set_lr(self, lr: float) -> None:
+        """Override the scheduled learning rate (warm start); `reset_optimizer` restores it."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def reset_optimizer(self) -> None:
+        """Forget Adam moments and return to the schedule's learning rate (after a warm start)."""
+        for sub in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            sub.optimizer.state.clear()
+        self.scheduler.step(increment=0)
+
+    def export_hf(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Full HF-named weights in buckets, on every rank of the model group (collective)."""
+        from megatron_codistill.convert.exporter import export_hf_weights
+
+        return export_hf_weights(self.module, self.arch, self.layout, bucket_bytes=bucket_bytes)
+
+    def save_hf(self, out_dir: str | Path, tokenizer_dir: str | None) -> None:
+        """Write a Hugging Face checkpoint of the current weights (collective; rank 0 writes)."""
+        from megatron_codistill.convert.exporter import save_hf_checkpoint
+
+        save_hf_checkpoint(self.module, self.arch, self.layout, out_dir, tokenizer_dir=tokenizer_dir)
+
+    def state_dict(self) -> dict:
+        state = {"model": self.module.state_dict()}
+        if self.optimizer is not None:
+            state["optimizer"] = optim.state_dict(self.optimizer, self.scheduler)
+        if self.reference is not None:
+            state["reference"] = self.reference.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        if self.optimizer is not None:
+            optim.load_state_dict(self.optimizer, self.scheduler, state["optimizer"])
+        if self.reference is not None:
+            self.reference.load_state_dict(state["reference"])
+
+
+def load_weights(module, arch: ModelArch, layout: ModelLayout, path: str) -> None:
+    """Fill this rank's shard from an HF checkpoint (dir or hub name) or a converted Megatron one."""
+    from megatron_codistill.convert import loading
+
+    loading.load_into_model(module, arch, layout, path)

@@ -1,0 +1,95 @@
+"""Prompts of a run: the training set as tokenised problems, served per rank in shuffled epochs.
+
+Loading, field presets, templates and the resumable cursor live in `megatron_codistill.data`;
+this module binds them to the run's tokenizer and to this rank's share of each step.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from megatron_codistill.config import Config, DataConfig, EvalSetConfig
+
+
+@dataclass
+class Problem:
+    """One training or evaluation problem, tokenised."""
+
+    prompt_ids: list[int]
+    prompt: str
+    reference: str
+    """Reference answer the reward checks against."""
+    solution: str | None = None
+    """Gold solution text (warm start, reference-conditioned KD)."""
+    response_ids: list[int] = field(default_factory=list)
+    """A given response (sft from a file of solutions)."""
+
+
+def load_tokenizer(cfg: Config):
+    """The tokenizer shared by both models (the small model's; the large one must match)."""
+    from transformers import AutoTokenizer
+
+    for name in ("small", "large"):
+        m = getattr(cfg, name)
+        path = m.tokenizer or m.checkpoint or m.hf_config
+        if path:
+            tok = AutoTokenizer.from_pretrained(path)
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            return tok
+    raise ValueError("no tokenizer: set small.tokenizer (or small.checkpoint / small.hf_config)")
+
+
+def _problems(path: str, preset: str, d: DataConfig, tokenizer, *, split: str = "train",
+              limit: int | None = None, max_prompt_tokens: int | None = None) -> list[Problem]:
+    from megatron_codistill import data
+
+    rows = data.load_examples(path, preset=preset, split=split, prompt_field=d.prompt_field,
+                              answer_field=d.answer_field, limit=limit)
+    template = data.get_template(d.template)
+    out = []
+    for ex in rows:
+        text = template.render(ex.question, tokenizer)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            continue
+        out.append(Problem(ids, text, ex.answer, ex.solution))
+    if not out:
+        raise ValueError(f"{path}: no valid row (after dropping prompts over {max_prompt_tokens} tokens)")
+    return out
+
+
+class PromptStream:
+    """This rank's `prompts_per_step / world_size` problems per step; deterministic, resumable."""
+
+    def __init__(self, cfg: Config, tokenizer, *, rank: int, world_size: int):
+        from megatron_codistill import data
+
+        self.cfg, self.tokenizer, self.rank, self.world_size = cfg, tokenizer, rank, world_size
+        self.problems = _problems(cfg.data.train, cfg.data.preset, cfg.data, tokenizer, split=cfg.data.split,
+                                  max_prompt_tokens=cfg.data.max_prompt_tokens)
+        self.sampler = data.EpochSampler(len(self.problems), seed=cfg.data.shuffle_seed)
+        self.per_rank = cfg.algorithm.prompts_per_step // world_size
+        self._eval: dict[str, list[Problem]] = {}
+
+    def next_batch(self) -> list[Problem]:
+        """The next step's prompts of this rank (all ranks advance the shared cursor together)."""
+        idx = self.sampler.take(self.per_rank * self.world_size)
+        return [self.problems[i] for i in idx[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]]
+
+    def sample(self, n: int, rng: random.Random) -> list[Problem]:
+        """`n` problems drawn uniformly with `rng` (independent of the cursor)."""
+        return [self.problems[rng.randrange(len(self.problems))] for _ in range(n)]
+
+    def eval_problems(self, e: EvalSetConfig) -> list[Problem]:
+        if e.name not in self._eval:
+            self._eval[e.name] = _problems(e.path, e.preset, self.cfg.data, self.tokenizer, split="test",
+                                           limit=e.limit)
+        return self._eval[e.name]
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)

@@ -1,0 +1,148 @@
+"""One RL step, in the order of DESIGN §2:
+
+sample prompts -> the generator model writes G rollouts each -> task rewards -> both models score
+the rollouts at their pre-update weights (shared by both updates) -> small update -> large update ->
+the generator's new weights go to the rollout engine.
+
+Legend: N = prompts_per_step * G rollouts in the global batch, n a replica's slice, T tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_codistill import algo
+from megatron_codistill.rollout.base import RolloutBatch
+from megatron_codistill.trainer import objectives as obj
+from megatron_codistill.trainer.exchange import all_gather_rows, gather_batch, row_slice, take_rows
+from megatron_codistill.trainer.metrics import PhaseTimer
+
+
+def rl_step(run, step: int) -> dict[str, float]:
+    """One step of `run` (a trainer.build.Run); returns the step's metrics (same on every rank)."""
+    a, timer = run.cfg.algorithm, PhaseTimer()
+    with timer("generate"):
+        problems = run.prompts.next_batch()
+        n = a.pods_n or a.group_size
+        groups = run.engine.generate([p.prompt_ids for p in problems], n, run.sampling)
+    with timer("reward"):
+        flat = [r for g in groups for r in g]
+        refs = [p.reference for p in problems for _ in range(n)]
+        rewards = torch.tensor(run.reward([run.decode(r.response_ids) for r in flat], refs))
+        if a.pods_n:  # PODS: keep the G rollouts of largest task-reward variance per prompt
+            keep = algo.max_variance_subset(rewards, n, a.group_size).tolist()
+            kept = [flat[i] for i in keep]
+            groups = [kept[i : i + a.group_size] for i in range(0, len(kept), a.group_size)]
+            rewards = rewards[keep]
+        local = RolloutBatch.from_rollouts(groups, run.pad_id)
+    with timer("exchange"):
+        batch = gather_batch(local, run.pad_id)
+        correct = all_gather_rows(rewards)
+    metrics = rollout_metrics(batch, correct, run.mode.generator)
+    task = shape_task_rewards(run, batch, correct)
+    with timer("score"):
+        scores = score(run, batch)
+    if run.mode.train_small:
+        with timer("update_small"):
+            metrics.update(update(run, "small", batch, task, scores))
+    if run.mode.train_large:
+        with timer("update_large"):
+            metrics.update(update(run, "large", batch, task, scores))
+    with timer("sync"):
+        run.sync_weights(step)
+    metrics.update(scores.pop("metrics"))
+    metrics.update(timer.metrics())
+    metrics["perf/tokens_per_s"] = float(batch.response_lengths.sum()) / max(metrics["time/step"], 1e-9)
+    return metrics
+
+
+def rollout_metrics(batch: RolloutBatch, correct: torch.Tensor, who: str) -> dict[str, float]:
+    lengths = batch.response_lengths.float()
+    truncated = sum(r == "length" for r in batch.finish_reasons) / max(len(batch.finish_reasons), 1)
+    return {f"{who}/task_reward": float(correct.mean()), f"{who}/response_length": float(lengths.mean()),
+            f"{who}/truncated_frac": truncated}
+
+
+def shape_task_rewards(run, batch: RolloutBatch, correct: torch.Tensor) -> torch.Tensor:
+    """Task reward R_i [N] after the options that change it (DAPO over-length penalty)."""
+    a = run.cfg.algorithm
+    task = correct.float()
+    if a.overlong_buffer:
+        task = task + algo.overlong_penalty(batch.response_lengths, max_length=run.sampling.max_new_tokens,
+                                            buffer=a.overlong_buffer, penalty=a.overlong_penalty)
+    return task
+
+
+def _mask(run, batch: RolloutBatch, task: torch.Tensor) -> torch.Tensor:
+    """Response mask [N, T-1]; with DAPO dynamic sampling, groups of equal rewards are masked out."""
+    mask = batch.response_mask
+    if run.cfg.algorithm.dynamic_sampling:
+        keep = algo.nonconstant_groups(task, batch.group_size).repeat_interleave(batch.group_size)
+        mask = mask * keep[:, None].to(mask.dtype)
+    return mask
+
+
+def score(run, batch: RolloutBatch) -> dict:
+    """Old log-probs [N, T-1] (global rows) of every model that needs them, plus reference ones."""
+    out: dict = {"metrics": {}}
+    for name in ("small", "large"):
+        policy = run.policies.get(name)
+        if policy is None:
+            continue
+        needed = name == run.mode.generator or (name == "large" and run.mode.teacher_scores)
+        if not needed:
+            continue
+        rows = row_slice(batch.tokens.shape[0], batch.group_size, policy.layout.dp_rank, policy.layout.dp)
+        part = take_rows(batch, rows)
+        lp = policy.logprobs(part.tokens)
+        out[name] = _gather(lp, policy, batch)
+        if policy.reference is not None:
+            out[f"{name}_ref"] = _gather(policy.logprobs(part.tokens, reference=True), policy, batch)
+    gen = out[run.mode.generator]
+    diff = (gen - batch.behaviour_logprobs).abs() * batch.response_mask
+    n_tok = batch.response_mask.sum().clamp(min=1)
+    out["metrics"].update({"rollout/logprob_diff_mean": float(diff.sum() / n_tok),
+                           "rollout/logprob_diff_max": float(diff.max())})
+    if run.mode.teacher_scores:
+        d = (out["large"] - out["small"]) * batch.response_mask
+        out["metrics"]["kd/approx_kl_small_large"] = float(-d.sum() / n_tok)  # E_S[l^S - l^L]
+    return out
+
+
+def _gather(lp: torch.Tensor, policy, batch: RolloutBatch) -> torch.Tensor:
+    """Per-replica log-probs -> global [N, T-1] on every rank (one row block per DP replica)."""
+    T1 = batch.tokens.shape[1] - 1
+    lp = torch.nn.functional.pad(lp, (0, T1 - lp.shape[1]))
+    return all_gather_rows(lp, policy.layout.dp_group) if policy.layout.dp > 1 else lp
+
+
+def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict) -> dict[str, float]:
+    """epochs_per_step x mini_batches optimizer steps of model `name` on its replica's slice."""
+    a, policy = run.cfg.algorithm, run.policies[name]
+    rows = row_slice(batch.tokens.shape[0], batch.group_size, policy.layout.dp_rank, policy.layout.dp)
+    part = take_rows(batch, rows)
+    T1 = part.tokens.shape[1] - 1
+    mask = _mask(run, batch, task)[rows, :T1]
+    sl = lambda key: None if key not in scores else scores[key][rows, :T1]  # noqa: E731
+    s = obj.Scored(mask=mask, old_logp=sl(name), task_rewards=task[rows], ref_logp=sl(f"{name}_ref"))
+    opts = obj.policy_options(a, run.sampling.max_new_tokens, use_kl=policy.reference is not None)
+    if name == "small":
+        s.teacher_logp = sl("large") if run.mode.teacher_scores else None
+        kd_alpha = a.kd_alpha if run.mode.teacher_scores else 0.0
+        make = lambda s_, d: obj.small_loss_fn(a, s_, opts, d, task_weight=run.mode.task_weight,  # noqa: E731
+                                               kd_alpha=kd_alpha)
+    elif run.mode.generator == "large":
+        make = lambda s_, d: obj.grpo_loss_fn(a, s_, opts, d)  # noqa: E731
+    else:
+        s.behaviour_logp = part.behaviour_logprobs[:, :T1]
+        s.mask = obj.large_kept_mask(a, s.old_logp, s.behaviour_logp, mask)
+        make = lambda s_, d: obj.large_loss_fn(a, s_, opts, d)  # noqa: E731
+    metrics: dict[str, float] = {}
+    n_rows, mb = part.tokens.shape[0], part.tokens.shape[0] // a.mini_batches
+    for _ in range(a.epochs_per_step):
+        for start in range(0, n_rows, mb):
+            r = slice(start, start + mb)
+            sub = obj.Scored(**{k: (v[r] if v is not None else None) for k, v in vars(s).items()})
+            den = obj.global_denominator(sub.mask, a.loss_agg, policy.layout.dp_group, policy.layout.dp)
+            metrics = policy.update(part.tokens[r], make(sub, den))
+    return {f"{name}/{k}": float(v) for k, v in metrics.items()}
