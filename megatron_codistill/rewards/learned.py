@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch is imported on first use: verifier workers import this package and need none
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class TokenRewardModel(Protocol):
 
 
 def _as_scores(out: Any, batch: int) -> torch.Tensor:
+    import torch
+
     if hasattr(out, "logits"):
         out = out.logits
     out = torch.as_tensor(out)
@@ -60,6 +63,8 @@ class LearnedReward:
 
     def score_ids(self, sequences: list[list[int]]) -> list[float]:
         """One score per token-id sequence (longer than `max_length`: keep the last tokens)."""
+        import torch
+
         scores: list[float] = []
         for start in range(0, len(sequences), self.batch_size):
             chunk = sequences[start : start + self.batch_size]

@@ -1,0 +1,101 @@
+"""The verifier pool: pathological answers cost at most one deadline and never stop the service."""
+
+import os
+import random
+import time
+
+import pytest
+
+from megatron_codistill.rewards import (
+    VerifierPool,
+    configure_default_pool,
+    default_pool,
+    score_math,
+    shutdown_default_pool,
+    verify_batch,
+)
+
+TIMEOUT_S = 2.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _noise(n: int) -> str:
+    rng = random.Random(0)
+    return "".join(rng.choice("{}\\$^_()[]0123456789 abcxyz+-*/=boxed") for _ in range(n))
+
+
+PATHOLOGICAL = {
+    "tower": "\\boxed{9^{9^{9^{9}}}}",
+    "factorial": "The answer is \\boxed{(10^{100})!}",
+    "noise_100kB": _noise(100_000),
+    "boxed_noise": "\\boxed{" + _noise(100_000),
+    "unbalanced": "\\boxed{\\frac{1}{2" + "{" * 5000,
+    "closing_only": "}" * 50_000 + "\\boxed{3",
+}
+
+
+@pytest.fixture(scope="module")
+def fast_pool():
+    with VerifierPool(num_workers=2, timeout_s=TIMEOUT_S) as p:
+        p.wait_ready()
+        yield p
+
+
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_pathological_outputs_score_zero_within_the_deadline(fast_pool, name):
+    start = time.monotonic()
+    [result] = fast_pool.score([PATHOLOGICAL[name]], ["3"])
+    elapsed = time.monotonic() - start
+    assert result.score == 0.0
+    assert elapsed <= TIMEOUT_S + 1.0, f"{name}: {elapsed:.2f} s"  # the issue's bound: deadline + 1 s
+    assert fast_pool.score(["so \\boxed{3}"], ["3"])[0].score == 1.0  # still serving
+
+
+def test_mixed_batch_keeps_order(fast_pool):
+    responses = ["\\boxed{1}", PATHOLOGICAL["tower"], "\\boxed{2}", PATHOLOGICAL["factorial"], "\\boxed{4}"]
+    results = fast_pool.score(responses, ["1", "3", "2", "3", "5"])
+    assert [r.score for r in results] == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert [r.reason for r in results][::2] == ["correct", "correct", "wrong"]
+
+
+def test_hung_worker_is_killed_and_replaced():
+    verify_fn = "tests.rewards.helpers:hanging_verify"  # ignores SIGALRM: only the parent can stop it
+    with VerifierPool(num_workers=1, timeout_s=1.0, verify_fn=verify_fn) as pool:
+        pool.wait_ready()
+        [hung_pid] = pool.pids()
+        results = pool.score(["ok", "HANG", "ok", "no"], ["", "", "", ""])
+        assert [r.score for r in results] == [1.0, 0.0, 1.0, 0.0]
+        assert [r.reason for r in results] == ["stub", "timeout", "stub", "stub"]
+        assert pool.restarts == 1
+        assert not _alive(hung_pid)
+        assert pool.pids() != [hung_pid]
+        pids = pool.pids()
+    assert pool.closed
+    assert not any(_alive(p) for p in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.score(["ok"], [""])
+    pool.close()  # idempotent
+
+
+def test_length_mismatch_is_a_caller_error(fast_pool):
+    with pytest.raises(ValueError, match="2 responses but 1 references"):
+        fast_pool.score(["a", "b"], ["1"])
+
+
+def test_public_entry_uses_the_default_pool():
+    configure_default_pool(num_workers=1, timeout_s=5.0)
+    try:
+        assert score_math(["\\boxed{70,000}", "#### 12", None], ["70000", "13", "1"]) == [1.0, 0.0, 0.0]
+        reasons = [r.reason for r in verify_batch(["\\boxed{2}", "nothing"], ["2", "2"])]
+        assert reasons == ["correct", "no_answer"]
+        pids = default_pool().pids()
+    finally:
+        shutdown_default_pool()
+    assert not any(_alive(p) for p in pids)
