@@ -1,0 +1,207 @@
+"""Megatron-Core distributed checkpoints (`torch_dist` format) built from the mapping table.
+
+The checkpoint holds each tensor under its Megatron sharded key, layers stacked on a leading axis
+([L, ...]), with the global (TP=1) layout: fused QKV by query group, fc1 = [gate; up], vocab rows
+padded with zeros. It is independent of the TP/PP it was saved from: loading at another TP/PP reads
+the slices each rank needs (resharding on load). The keys and layouts are those of
+`GPTModel.sharded_state_dict()`, so Megatron can load it too; this module builds the sharded state
+dict from the table instead, because GPTModel's version reads the global `parallel_state` (data
+parallel rank of tied embeddings on the last PP stage), which this project never initialises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing import ShardedTensor
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+from torch import Tensor
+
+from megatron_codistill.convert.errors import CheckpointError
+from megatron_codistill.convert.mapping import Entry, Shape, entries
+from megatron_codistill.models.arch import ModelArch
+
+
+def sharded_tensors(entry: Entry, local: Tensor, *, num_layers: int, tp_rank: int, tp: int,
+                    dp_rank: int = 0) -> dict[str, ShardedTensor]:
+    """Megatron ShardedTensors describing `local` (this rank's shard of `entry`) in the global tensor.
+
+    Layer tensors are stacked on a leading axis of size num_layers. Only replica (0, 0, 0) of a tensor
+    is written on save: replicated tensors on tp_rank 0, every tensor on dp_rank 0. The keys of the
+    returned dict are local names, the ShardedTensor keys global.
+    """
+    # The layer axis is a real axis of `data` (a view with a leading 1), not Megatron's
+    # prepend_axis_num: that legacy path assumes no other shard lives on the same rank, which fails
+    # when one process reads a single layer of a checkpoint.
+    layered = entry.layer is not None
+    data = local.unsqueeze(0) if layered else local
+    pre = ((0, entry.layer, num_layers),) if layered else ()
+    kw = dict(allow_shape_mismatch=entry.rule.layout == "vocab")
+    layout = entry.layout
+    if layout.tp_axis is None:
+        return {entry.mcore: ShardedTensor.from_rank_offsets(
+            entry.ckpt, data, *pre, replica_id=(0, tp_rank, dp_rank), **kw)}
+    axis = layout.tp_axis + len(pre)
+    if not layout.halves:
+        return {entry.mcore: ShardedTensor.from_rank_offsets(
+            entry.ckpt, data, *pre, (axis, tp_rank, tp), replica_id=(0, 0, dp_rank), **kw)}
+    first, second = data.chunk(2, dim=axis)  # [gate_i; up_i] -> pieces i and tp + i of 2 tp
+    return {f"{entry.mcore}/0": ShardedTensor.from_rank_offsets(
+                entry.ckpt, first, *pre, (axis, tp_rank, 2 * tp), replica_id=(0, 0, dp_rank), **kw),
+            f"{entry.mcore}/1": ShardedTensor.from_rank_offsets(
+                entry.ckpt, second, *pre, (axis, tp + tp_rank, 2 * tp), replica_id=(0, 0, dp_rank), **kw)}
+
+
+def gather_loaded(entry: Entry, loaded: dict[str, Tensor]) -> Tensor:
+    """This rank's tensor of `entry` from what `load_sharded` returned for `sharded_tensors(entry, ...)`."""
+    if entry.layout.halves:
+        pieces = [loaded[f"{entry.mcore}/0"], loaded[f"{entry.mcore}/1"]]
+        out = torch.cat(pieces, dim=entry.layout.tp_axis + 1)
+    else:
+        out = loaded[entry.mcore]
+    return out.squeeze(0) if entry.layer is not None else out
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """The default process group dist_checkpointing needs: the caller's, or a private 1-rank gloo one."""
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _cpu_safe() -> Iterator[None]:
+    # On a CPU-only torch, the torch_dist writer's device-to-host step calls torch.cuda.synchronize()
+    # and its finalisation allocates a flag on torch.cuda.current_device(); both raise. With no device
+    # there is nothing to wait for and the host is the device, so both are redirected for the duration
+    # of one save / load and restored afterwards (global CPU patches belong to parallel.cpu_patches).
+    if torch.cuda.is_available():
+        yield
+        return
+    saved = torch.cuda.synchronize, torch.cuda.current_device
+    torch.cuda.synchronize, torch.cuda.current_device = (lambda *args, **kwargs: None), (lambda: "cpu")
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize, torch.cuda.current_device = saved
+
+
+@contextlib.contextmanager
+def _in_process_results() -> Iterator[None]:
+    # A synchronous save runs the writer in this process, yet Megatron creates its results queue with a
+    # spawned multiprocessing Manager (seconds per call, and it re-imports the caller's __main__). An
+    # in-process queue carries the same results here; the module default is restored afterwards.
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is not None:
+        yield
+        return
+    filesystem_async._results_queue = queue.Queue()
+    try:
+        yield
+    finally:
+        filesystem_async._results_queue = None
+
+
+def save_sharded(state: dict[str, ShardedTensor], directory: str) -> None:
+    """Synchronous save; collective over the default process group: every rank passes its own shards."""
+    with _cpu_safe(), _in_process_results():
+        strategy = TorchDistSaveShardedStrategy("torch_dist", 1)
+        dist_checkpointing.save(state, directory, sharded_strategy=strategy)
+
+
+def load_sharded(state: dict[str, ShardedTensor], directory: str) -> dict[str, Tensor]:
+    """Collective over the default process group: every rank requests its own shards."""
+    with _cpu_safe():
+        return dist_checkpointing.load(state, directory, validate_access_integrity=False)
+
+
+def tensor_shapes(directory: str) -> dict[str, tuple[Shape, torch.dtype]]:
+    """Sharded key -> (global shape, dtype) of every tensor in a torch_dist checkpoint."""
+    try:
+        meta = dist_checkpointing.load_tensors_metadata(directory)
+    except Exception as err:  # noqa: BLE001 - any unreadable metadata is a corrupt checkpoint
+        raise CheckpointError(f"{directory}: unreadable Megatron checkpoint metadata ({err})") from None
+    return {k: (tuple(t.global_shape), t.dtype) for k, t in meta.items()}
+
+
+def check_storage(directory: str) -> None:
+    """CheckpointError if a data file is missing or shorter than the metadata says (truncated)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    need: dict[str, int] = {}
+    for info in FileSystemReader(directory).read_metadata().storage_data.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        path = os.path.join(directory, name)
+        found = os.path.getsize(path) if os.path.isfile(path) else None
+        if found is None or found < size:
+            raise CheckpointError(f"{path}: {'missing' if found is None else f'truncated ({found} bytes)'}; "
+                                  f"the checkpoint metadata needs {size} bytes")
+
+
+def check_checkpoint_tensors(directory: str, arch: ModelArch) -> dict[str, torch.dtype]:
+    """Compare the checkpoint's tensors with those `arch` needs; returns key -> dtype.
+
+    Vocab tensors may hold any number of padding rows beyond `arch.vocab_size`; optimizer state and
+    Transformer Engine extra state are ignored.
+    """
+    found = {k: v for k, v in tensor_shapes(directory).items() if not k.startswith("optimizer.")}
+    expected: dict[str, Shape] = {}
+    for e in entries(arch):
+        expected[e.ckpt] = (arch.num_layers, *e.shape) if e.layer is not None else e.shape
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: tensors do not match the model config: missing {missing}; "
+                              f"unexpected {unexpected}")
+    wrong = []
+    for key, shape in expected.items():
+        have = found[key][0]
+        vocab_ok = key.endswith(("word_embeddings.weight", "output_layer.weight")) and \
+            have[1:] == shape[1:] and have[0] >= shape[0]
+        if have != shape and not vocab_ok:
+            wrong.append(f"{key}: expected {list(shape)}, found {list(have)}")
+    if wrong:
+        raise CheckpointError(f"{directory}: shape mismatch: " + "; ".join(wrong))
+    return {k: found[k][1] for k in expected}
+
+
+FORMAT = "codistill-mcore-torch_dist/1"
+
+
+def checkpoint_meta(arch: ModelArch, dtype: torch.dtype, saved_from: dict, **extra) -> dict:
+    """The marker contents of a Megatron checkpoint: architecture, dtype, the layout it was saved from."""
+    import dataclasses
+
+    import megatron.core
+
+    return {"format": FORMAT, "arch": dataclasses.asdict(arch), "dtype": str(dtype).removeprefix("torch."),
+            "saved_from": saved_from, "megatron_core": megatron.core.__version__, **extra}
+
+
+def arch_from_meta(meta: dict, where: str) -> tuple[ModelArch, torch.dtype]:
+    """(architecture, dtype) recorded in a checkpoint marker."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: format {meta.get('format')!r} is not {FORMAT!r} "
+                              "(is this a Hugging Face directory? use hf-to-mcore)")
+    return ModelArch(**meta["arch"]), getattr(torch, meta["dtype"])
+
+
+def arch_difference(a: ModelArch, b: ModelArch) -> list[str]:
+    """Fields where two architectures differ, as 'field: a != b'."""
+    import dataclasses
+
+    return [f"{f.name}: {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
+            for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
