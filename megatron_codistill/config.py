@@ -423,6 +423,8 @@ def validate(cfg: Config, world_size: int) -> None:
         )
         for key in ("tensor_parallel", "pipeline_parallel", "micro_batch_size"):
             _check(getattr(m, key) >= 1, f"{name}.{key} ({getattr(m, key)}) must be >= 1")
+        for key in ("checkpoint", "hf_config", "tokenizer"):
+            _check_location(getattr(m, key), f"{name}.{key}")
     _check(
         cfg.small.tensor_parallel == 1 and cfg.small.pipeline_parallel == 1,
         f"small.tensor_parallel ({cfg.small.tensor_parallel}) and small.pipeline_parallel "
@@ -458,6 +460,11 @@ def validate(cfg: Config, world_size: int) -> None:
         f"({a.mini_batches}) on each of the {world_size} small-model and {dp_large} large-model "
         "data-parallel ranks",
     )
+    for name in ("small", "large"):
+        mbs = getattr(cfg, name).micro_batch_size
+        _check(a.mode == "sft" or mbs % a.group_size == 0,
+               f"{name}.micro_batch_size ({mbs}) must be a multiple of algorithm.group_size "
+               f"({a.group_size}): advantages are whitened within each micro-batch's whole groups")
     if a.pods_n is not None:
         _check(a.pods_n > a.group_size, f"algorithm.pods_n ({a.pods_n}) must exceed group_size "
                f"({a.group_size}): PODS keeps group_size of pods_n rollouts")
@@ -474,6 +481,15 @@ def validate(cfg: Config, world_size: int) -> None:
         s = cfg.rollout.sglang
         _check(bool(s.urls) or s.launch, "rollout.engine is sglang: give rollout.sglang.urls or set "
                "rollout.sglang.launch=true")
+
+
+def _check_location(value: str | None, key: str) -> None:
+    """A local path must exist; `org/name` (one slash, no leading . or /) is read as a hub id."""
+    if not value or Path(value).exists():
+        return
+    hub_like = value.count("/") == 1 and not value.startswith((".", "/", "~"))
+    _check(hub_like, f"{key}: {value} does not exist (give an existing directory or a hub id like "
+           "Qwen/Qwen2.5-Math-1.5B)")
 
 
 def model_arch(m: ModelConfig, name: str):
