@@ -116,8 +116,8 @@ def importance_weights(
     if not 0 <= lo <= 1:
         raise ValueError(f"importance weight lower bound ({lo}) must be in [0, 1]")
     with torch.no_grad():
-        lam = zero_outside(target_logp - behaviour_logp, mask)
-        lam = lam.to(torch.promote_types(lam.dtype, torch.float32))  # bf16 log-probs: ratios in fp32
+        dtype = torch.promote_types(target_logp.dtype, torch.float32)  # bf16 log-probs: ratios in fp32
+        lam = zero_outside(target_logp.to(dtype) - behaviour_logp.to(dtype), mask)
         w, dropped, truncated = fn(lam, mask, c, lo)
         on = mask > 0
         w = torch.where(on, w, 0.0)
@@ -130,7 +130,7 @@ def importance_weights(
             "is/log_ratio_mean": masked_mean(lam, mask),
             "is/log_ratio_seq_mean": masked_sum(lam, mask, dim=-1).sum() / valid.sum().clamp(min=1),
             "is/weight_mean": masked_mean(w, kept.to(mask.dtype)),
-            "is/weight_max": w.max() if w.numel() else torch.zeros(()),
+            "is/weight_max": w.max() if w.numel() else w.new_zeros(()),
             "is/truncated_frac": frac(truncated),
             "is/masked_frac": frac(dropped),
             "is/kept_tokens": kept.sum().to(mask.dtype),

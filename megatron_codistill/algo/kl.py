@@ -32,13 +32,14 @@ def kl_penalty(
 ) -> torch.Tensor:
     """Per-token KL estimate [B, T] between the policy (logp, differentiable) and a frozen reference.
 
-    logp, ref_logp, mask: [B, T]. Returns [B, T], 0 outside `mask`.
+    logp, ref_logp, mask: [B, T]. Returns [B, T] in at least fp32, 0 outside `mask`.
     Example: logp = log 0.5, ref_logp = log 0.25 -> delta = -log 2:
     k1 = 0.693, k2 = 0.240, k3 = 0.5 + 0.693 - 1 = 0.193.
     """
     check_same_shape(mask, logp=logp, ref_logp=ref_logp)
     fn = lookup(KL_ESTIMATORS, estimator, "kl_estimator")
-    delta = zero_outside(ref_logp.detach() - logp, mask)
+    dtype = torch.promote_types(logp.dtype, torch.float32)
+    delta = zero_outside(ref_logp.detach().to(dtype) - logp.to(dtype), mask)
     return fn(delta) * (mask > 0)
 
 

@@ -108,6 +108,11 @@ def policy_loss(
     loss/clip_frac (tokens whose gradient the clip removed), loss/clip_frac_low, loss/clip_frac_high,
     loss/dual_clip_frac, loss/ratio_mean, loss/approx_kl (k3 of old vs current, a step-size gauge),
     loss/num_tokens, policy/entropy.
+
+    Departures from the papers: log-ratios are clamped to +-20 before exp (see _MAX_LOG_RATIO);
+    ratios are computed in at least fp32 whatever the log-prob dtype; the KL term is not
+    importance-weighted; GSPO's sequence ratio is clipped token by token, which equals clipping the
+    sequence when the advantage is per sequence.
     """
     check_same_shape(mask, logp=logp, old_logp=old_logp, weights=weights, ref_logp=ref_logp, entropy=entropy)
     if advantages.dim() == 1:
@@ -121,8 +126,9 @@ def policy_loss(
     options = options or PolicyLossOptions()
     if options.kl_beta > 0 and ref_logp is None:
         raise ValueError(f"kl_beta ({options.kl_beta}) > 0 needs ref_logp")
-    adv = zero_outside(advantages.detach().expand_as(mask), mask)
-    log_ratio = lookup(RATIOS, options.ratio, "ratio")(logp, old_logp, mask)
+    dtype = torch.promote_types(logp.dtype, torch.float32)  # bf16 ratios would be off by ~1%
+    adv = zero_outside(advantages.detach().expand_as(mask), mask).to(dtype)
+    log_ratio = lookup(RATIOS, options.ratio, "ratio")(logp.to(dtype), old_logp.to(dtype), mask)
     ratio = log_ratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).exp()
     clipped = ratio.clamp(1 - options.eps_low, 1 + options.eps_high)
     objective = torch.minimum(ratio * adv, clipped * adv)

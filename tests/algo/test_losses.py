@@ -194,3 +194,29 @@ def test_sft_loss_is_token_mean_nll():
     assert out.loss.item() == 2.0 and out.metrics["loss/nll"] == 2.0
     (g,) = torch.autograd.grad(out.loss, logp)
     assert torch.equal(g, torch.tensor([[-0.5, -0.5, 0.0]]))
+
+
+@pytest.mark.gpu
+def test_composed_losses_on_cuda_match_cpu():
+    logp, old, ref, mask, rewards = _batch(4)
+    teacher, behaviour = old - 0.5, old + 0.3
+    dev = torch.device("cuda")
+    calls = [
+        lambda x: grpo_loss(
+            x[0], x[1], x[4], x[3], group_size=G, ref_logp=x[2], options=PolicyLossOptions(kl_beta=0.1)
+        ),
+        lambda x: small_model_loss(x[0], x[1], x[5], x[4], x[3], group_size=G, token_alpha=0.1),
+        lambda x: large_model_loss(x[0], x[1], x[6], x[4], x[3], group_size=G, scheme="seq_geo"),
+    ]
+    cpu_args = (logp, old, ref, mask, rewards, teacher, behaviour)
+    leaf = logp.detach().to(dev).requires_grad_(True)
+    gpu_args = (leaf,) + tuple(t.to(dev) for t in cpu_args[1:])
+    for call in calls:
+        a, b = call(cpu_args), call(gpu_args)
+        (ga,) = torch.autograd.grad(a.loss, logp)
+        (gb,) = torch.autograd.grad(b.loss, leaf)
+        assert torch.allclose(a.loss, b.loss.cpu(), atol=1e-10) and torch.allclose(ga, gb.cpu(), atol=1e-10)
+        for k, v in a.metrics.items():
+            assert torch.allclose(
+                torch.as_tensor(v).double(), torch.as_tensor(b.metrics[k]).double().cpu(), atol=1e-8
+            ), k
