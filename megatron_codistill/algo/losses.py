@@ -106,7 +106,8 @@ def small_model_loss(
     alpha = 0 and token_alpha = 0 is plain GRPO; task_rewards = 0 is pure on-policy distillation.
     Departure: kappa also bounds d_it in the token-level term (the paper states it for KD_i only).
     Metrics: those of `policy_loss`, kd/reward_mean (mean KD_i), kd/token_mean, kd/clip_frac
-    (responses with |KD_i| > kappa), reward/task_mean, reward/mean (of r~), adv/*.
+    (responses with |KD_i| > kappa), reward/task_mean, reward/mean (of r~), adv/* (of r~),
+    adv/task_constant_group_frac (groups with equal task rewards).
     """
     _check_rewards(task_rewards, mask, group_size)
     d = kd_log_ratio(teacher_logp, old_logp, mask)
@@ -134,6 +135,10 @@ def small_model_loss(
                 "kd/token_mean": masked_mean(d, mask),
                 "kd/clip_frac": masked_mean((kd.abs() > kappa).to(mask.dtype), has),
                 "reward/task_mean": _mean(task_rewards),
+                # groups whose only learning signal is the KD term
+                "adv/task_constant_group_frac": _mean(
+                    (~nonconstant_groups(task_rewards, group_size)).float()
+                ),
             }
         )
     return out

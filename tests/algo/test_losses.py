@@ -119,6 +119,7 @@ def test_small_model_loss_is_kd_shaping_then_whitening_then_surrogate():
         out.metrics["kd/clip_frac"], float((kd[has].abs() > 0.8).double().mean()), rel_tol=1e-9
     )
     assert math.isclose(out.metrics["reward/task_mean"], float(rewards.mean()), rel_tol=1e-9)
+    assert math.isclose(out.metrics["adv/task_constant_group_frac"], 1 / 3, rel_tol=1e-6)  # (.5, .5, .5)
     plain = grpo_loss(logp, old, rewards, mask, group_size=G)
     assert set(plain.metrics) <= set(out.metrics)  # policy and advantage metrics are reported too
 
