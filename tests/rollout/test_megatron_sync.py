@@ -26,8 +26,14 @@ def _save_hf(path: str, seed: int = 0) -> None:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     cfg = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
     torch.manual_seed(seed)
@@ -54,8 +60,9 @@ def _megatron_model(hf_dir: str, layout):
 def _export(model, arch, layout, bucket_bytes: int):
     from megatron_codistill.convert.export import export_hf_weights
 
-    return export_hf_weights(model, arch, tp_group=layout.tp_group, pp_group=layout.pp_group,
-                             bucket_bytes=bucket_bytes)
+    return export_hf_weights(
+        model, arch, tp_group=layout.tp_group, pp_group=layout.pp_group, bucket_bytes=bucket_bytes
+    )
 
 
 @torch.no_grad()
@@ -122,8 +129,12 @@ def _sync_tp2(hf_dir: str, large) -> dict:
     trainer_lp = forward_logprobs(model, large, batch.tokens, micro_batch_size=3)
     mismatch = logprob_mismatch(batch.behaviour_logprobs, trainer_lp, batch.response_mask)
     return {
-        "probe": probe_metrics, "rollouts": mismatch, "file_diff": file_diff, "buckets": stats.buckets,
-        "version": engine.version, "tokens": batch.tokens.tolist(),
+        "probe": probe_metrics,
+        "rollouts": mismatch,
+        "file_diff": file_diff,
+        "buckets": stats.buckets,
+        "version": engine.version,
+        "tokens": batch.tokens.tolist(),
     }
 
 
