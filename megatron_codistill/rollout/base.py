@@ -134,3 +134,10 @@ class RolloutEngine(ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Release processes, servers and memory. Idempotent."""
+
+    def rng_state(self) -> dict:
+        """State of the engine's own sampling generator, for exact resumption (empty if none)."""
+        return {}
+
+    def set_rng_state(self, state: dict) -> None:  # noqa: B027 - optional hook
+        """Restore what `rng_state` returned."""

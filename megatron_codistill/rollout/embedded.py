@@ -334,6 +334,13 @@ class EmbeddedEngine(RolloutEngine):
         logger.warning("prompt %d: %d tokens truncated on the left to %d", index, len(prompt), room)
         return list(prompt[-room:])
 
+    def rng_state(self) -> dict:
+        return {"generator": self._generator.get_state()}
+
+    def set_rng_state(self, state: dict) -> None:
+        if "generator" in state:
+            self._generator.set_state(state["generator"])
+
     def shutdown(self) -> None:
         """Nothing to release beyond the model, which the caller owns."""
 
