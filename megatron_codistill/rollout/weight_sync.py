@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -194,14 +195,22 @@ class DiskSync(WeightSyncStrategy):
 
 
 class NcclSync(WeightSyncStrategy):
-    """SGLang's distributed update; forms the group on first use if it is not formed yet."""
+    """SGLang's distributed update; forms the group on first use if it is not formed yet.
+
+    Args:
+        master_address: an address of this host the servers can reach (default: this host's IP).
+        master_port: a free port for the group's TCP store (default: one picked now).
+        backend: "nccl" on GPUs ("gloo" works for CPU tests).
+    """
 
     name = "nccl"
 
     def __init__(
-        self, master_address: str = "127.0.0.1", master_port: int = 29600, backend: str = "nccl"
+        self, master_address: str | None = None, master_port: int | None = None, backend: str = "nccl"
     ) -> None:
-        self.master_address, self.master_port, self.backend = master_address, master_port, backend
+        self.master_address = master_address or _host_address()
+        self.master_port = master_port or _free_port()
+        self.backend = backend
 
     def push(self, engine: Any, buckets: Iterable[list], version: int) -> None:
         if not hasattr(engine, "update_weights_from_distributed"):
@@ -230,6 +239,33 @@ def sync_weights(
     if isinstance(strategy, str):
         strategy = make_strategy(strategy)
     return strategy.sync(engine, buckets_iterable, version)
+
+
+def nccl_sync(
+    engine: Any, buckets_iterable: Iterable[Bucket], version: int, *, is_source: bool, **strategy_kw
+) -> SyncStats | None:
+    """The NCCL sync as every trainer rank calls it: the source rank (the one holding the group with
+    the servers) pushes; the others only drain the buckets, since exporting is collective, and then
+    record the version the servers now serve."""
+    if is_source:
+        return sync_weights(engine, buckets_iterable, version, NcclSync(**strategy_kw))
+    for _ in buckets_iterable:
+        pass
+    engine._set_version(version)
+    return None
+
+
+def _host_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ verification

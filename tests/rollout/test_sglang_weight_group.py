@@ -13,6 +13,7 @@ import torch
 
 from megatron_codistill.rollout.base import SamplingParams
 from megatron_codistill.rollout.sglang import SGLangEngine
+from megatron_codistill.rollout.weight_sync import nccl_sync, rebucket
 from tests.rollout.test_sglang_client import FAKE, free_port_pair
 
 
@@ -61,6 +62,27 @@ def test_buckets_are_broadcast_to_every_server_and_the_version_is_set(two_fakes)
         assert ["/update_weight_version", {"new_version": "4", "abort_all_requests": False}] in requests
     out = engine.generate([[1], [2]], 1, SamplingParams(max_new_tokens=1))
     assert all(g[0].weight_version == 4 for g in out)
+
+    # the trainer-facing path: sync_weights with the nccl strategy reuses the formed group
+    new = torch.full((4,), 2.5)
+    stats = nccl_sync(
+        engine, rebucket([("model.norm.weight", new)], 1 << 20), 5, is_source=True, backend="gloo"
+    )
+    assert stats.tensors == 1 and engine.version == 5
+    got = engine.client.call(engine.urls[1], "/debug/received", method="GET")["model.norm.weight"]
+    assert got[2] == new.tolist()
+
+
+def test_non_source_ranks_drain_the_export_and_record_the_version(two_fakes):
+    drained = []
+
+    def buckets():
+        for i in range(3):
+            drained.append(i)
+            yield [("w", torch.zeros(1))]
+
+    assert nccl_sync(two_fakes, buckets(), 7, is_source=False) is None
+    assert drained == [0, 1, 2] and two_fakes.version == 7
 
 
 def test_update_without_a_group_is_refused(two_fakes):
