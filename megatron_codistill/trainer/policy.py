@@ -94,15 +94,17 @@ class Policy:
 
     def export_hf(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """Full HF-named weights in buckets, on every rank of the model group (collective)."""
-        from megatron_codistill.convert.exporter import export_hf_weights
+        from megatron_codistill.convert.export import export_hf_weights
 
-        return export_hf_weights(self.module, self.arch, self.layout, bucket_bytes=bucket_bytes)
+        return export_hf_weights(self.module, self.arch, tp_group=self.layout.tp_group,
+                                 pp_group=self.layout.pp_group, bucket_bytes=bucket_bytes)
 
     def save_hf(self, out_dir: str | Path, tokenizer_dir: str | None) -> None:
         """Write a Hugging Face checkpoint of the current weights (collective; rank 0 writes)."""
-        from megatron_codistill.convert.exporter import save_hf_checkpoint
+        from megatron_codistill.convert.export import save_hf_from_model
 
-        save_hf_checkpoint(self.module, self.arch, self.layout, out_dir, tokenizer_dir=tokenizer_dir)
+        save_hf_from_model(self.module, self.arch, str(out_dir), tp_group=self.layout.tp_group,
+                           pp_group=self.layout.pp_group, tokenizer_dir=tokenizer_dir)
 
     def state_dict(self) -> dict:
         state = {"model": self.module.state_dict()}
@@ -122,6 +124,6 @@ class Policy:
 
 def load_weights(module, arch: ModelArch, layout: ModelLayout, path: str) -> None:
     """Fill this rank's shard from an HF checkpoint (dir or hub name) or a converted Megatron one."""
-    from megatron_codistill.convert import loading
+    from megatron_codistill.convert.model_io import load_checkpoint_into_model
 
-    loading.load_into_model(module, arch, layout, path)
+    load_checkpoint_into_model(module, arch, path, tp_group=layout.tp_group)

@@ -45,19 +45,13 @@ def _problems(path: str, preset: str, d: DataConfig, tokenizer, *, split: str = 
               limit: int | None = None, max_prompt_tokens: int | None = None) -> list[Problem]:
     from megatron_codistill import data
 
-    rows = data.load_examples(path, preset=preset, split=split, prompt_field=d.prompt_field,
-                              answer_field=d.answer_field, limit=limit)
-    template = data.get_template(d.template)
-    out = []
-    for ex in rows:
-        text = template.render(ex.question, tokenizer)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-            continue
-        out.append(Problem(ids, text, ex.answer, ex.solution))
-    if not out:
-        raise ValueError(f"{path}: no valid row (after dropping prompts over {max_prompt_tokens} tokens)")
-    return out
+    examples = data.load_examples(path, preset=preset, split=split, prompt_field=d.prompt_field,
+                                  answer_field=d.answer_field, limit=limit)
+    try:
+        prompts = data.build_prompts(examples, d.template, tokenizer, max_prompt_tokens=max_prompt_tokens)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return [Problem(p.ids, p.text, p.example.answer, p.example.solution) for p in prompts]
 
 
 class PromptStream:

@@ -86,7 +86,8 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
 
 
 def save(run: Run, step: int) -> None:
-    rank_state = {"policies": {k: p.state_dict() for k, p in run.policies.items()}, "rng": rng_state()}
+    rank_state = {"policies": {k: p.state_dict() for k, p in run.policies.items()}, "rng": rng_state(),
+                  "engine_rng": run.engine.rng_state()}
     shared = {"prompts": run.prompts.state_dict(), "engine_version": run.engine_version,
               "mode": run.cfg.algorithm.mode}
     path = run.checkpoints.save(step, rank_state, shared)
@@ -113,5 +114,6 @@ def restore(run: Run) -> int | None:
     set_rng_state(state["rng"])
     run.prompts.load_state_dict(shared["prompts"])
     run.sync_weights(shared["engine_version"])
+    run.engine.set_rng_state(state.get("engine_rng", {}))
     log.info("resumed from %s (step %d)", path, shared["step"])
     return shared["step"]

@@ -11,6 +11,9 @@ import time
 from tests.trainer.conftest import FAST, TINY
 
 TIMING = ("time/", "perf/")
+# a fresh job: no rendezvous variables inherited from in-process runs of other tests
+ENV = {k: v for k, v in os.environ.items()
+       if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
 
 
 def train_cmd(run_dir, *extra):
@@ -30,9 +33,9 @@ def last_rows(run_dir) -> dict[int, dict]:
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(train_cmd(full), check=True, capture_output=True, timeout=600)
+    subprocess.run(train_cmd(full), check=True, capture_output=True, timeout=600, env=ENV)
 
-    proc = subprocess.Popen(train_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(train_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     marker = killed / "checkpoints" / "step_000002" / "COMPLETE"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -42,7 +45,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     assert not (killed / "checkpoints" / "step_000006").exists()
 
-    subprocess.run(train_cmd(killed, "--resume"), check=True, capture_output=True, timeout=600)
+    subprocess.run(train_cmd(killed, "--resume"), check=True, capture_output=True, timeout=600, env=ENV)
     a, b = last_rows(full), last_rows(killed)
     assert sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in range(3, 7):
@@ -52,7 +55,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(train_cmd(run_dir, "checkpoint.every=0", "run.steps=200"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 600
     while (not metrics.exists() or not metrics.read_text().strip()) and time.time() < deadline:
