@@ -22,6 +22,7 @@ from megatron_codistill.convert.mcore_ckpt import (
     sharded_tensors,
 )
 from megatron_codistill.convert.output_dir import (
+    HF_FILES,
     atomic_dir,
     check_output_dir,
     copy_side_files,
@@ -31,7 +32,6 @@ from megatron_codistill.convert.safetensors_io import SafetensorsDir
 from megatron_codistill.models.arch import ModelArch
 
 log = logging.getLogger(__name__)
-HF_FILES = "hf_files"  # the source's config, generation config and tokenizer, kept for the way back
 
 
 def source_dtype(src: SafetensorsDir, where: str) -> torch.dtype:

@@ -121,7 +121,8 @@ def entries(arch: ModelArch, layers: range | None = None, *, pre: bool = True, p
     layers: global layer indices of the stage; pre / post: the stage holds the embedding / the output.
     """
     layers = range(arch.num_layers) if layers is None else layers
-    rules = [r for r in rules_for(arch) if r.exported or not exported_only]
+    # A tied output layer is a parameter of its own only on a last stage without the embedding.
+    rules = [r for r in rules_for(arch) if r.exported or not (exported_only or pre)]
     out = [_bind(r, arch, None) for r in rules if pre and r.mcore.startswith("embedding.")]
     for i in layers:
         out += [_bind(r, arch, i) for r in rules if "{i}" in r.mcore]

@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 
 from megatron_codistill.convert.errors import CheckpointError
-from megatron_codistill.convert.hf_to_mcore import HF_FILES
 from megatron_codistill.convert.mapping import entries
 from megatron_codistill.convert.mcore_ckpt import (
     arch_difference,
@@ -28,6 +27,7 @@ from megatron_codistill.convert.mcore_ckpt import (
     sharded_tensors,
 )
 from megatron_codistill.convert.output_dir import (
+    HF_FILES,
     atomic_dir,
     check_output_dir,
     copy_side_files,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from megatron_codistill.convert.errors import CheckpointError
 
 MARKER = "codistill_convert.json"
+HF_FILES = "hf_files"  # inside a Megatron checkpoint: the HF config, generation config, tokenizer
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp", ".h5", ".msgpack", ".gguf")
 _WEIGHT_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json", ".metadata", "common.pt",
                  "metadata.json", MARKER)
