@@ -158,8 +158,8 @@ cmd_start() {
     slurmd -N localhost 2>>"$dir/log/daemons.stderr"
 
     # Up when the node is idle; normally within a second or two.
-    local i state=""
-    for i in $(seq 1 100); do
+    local state=""
+    for _ in $(seq 1 100); do
         state=$(sinfo -h -n localhost -o '%T' 2>/dev/null || true)
         [[ $state == idle* ]] && break
         sleep 0.2
@@ -175,12 +175,12 @@ cmd_start() {
 }
 
 stop_pidfile() {
-    local name=$1 file=$2 pid i
+    local name=$1 file=$2 pid
     [[ -f $file ]] || return 0
     pid=$(cat "$file")
     if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         if kill -0 "$pid" 2>/dev/null; then log "$name ($pid) ignored SIGTERM; SIGKILL"; kill -KILL "$pid" || true; fi
     fi
     rm -f "$file"
@@ -194,8 +194,8 @@ cmd_stop() {
     # Jobs first, so that no slurmstepd outlives its slurmd.
     if [[ -f "$dir/run/slurmctld.pid" ]] && kill -0 "$(cat "$dir/run/slurmctld.pid")" 2>/dev/null; then
         scancel --full --quiet --partition=debug 2>/dev/null || true
-        local i
-        for i in $(seq 1 50); do
+        local _
+        for _ in $(seq 1 50); do
             [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break
             sleep 0.2
         done
