@@ -4,13 +4,25 @@
 - `convert_hf_to_mcore` / `convert_mcore_to_hf`: streaming directory conversions (CLI: `cli.py`);
 - `load_hf_into_model` / `load_mcore_into_model` / `save_mcore_checkpoint`: live sharded models;
 - `export_hf_weights`: full HF-named tensors from a live sharded model, in buckets.
+
+Names are imported on first use, so `convert.cli` (and `codistill --help`) loads no Megatron code.
 """
 
-from megatron_codistill.convert.errors import CheckpointError
-from megatron_codistill.convert.export import export_hf_weights
-from megatron_codistill.convert.hf_to_mcore import convert_hf_to_mcore
-from megatron_codistill.convert.mcore_to_hf import convert_mcore_to_hf
-from megatron_codistill.convert.model_io import load_hf_into_model, load_mcore_into_model, save_mcore_checkpoint
+import importlib
 
-__all__ = ["CheckpointError", "convert_hf_to_mcore", "convert_mcore_to_hf", "export_hf_weights",
-           "load_hf_into_model", "load_mcore_into_model", "save_mcore_checkpoint"]
+_EXPORTS = {
+    "CheckpointError": "errors",
+    "convert_hf_to_mcore": "hf_to_mcore",
+    "convert_mcore_to_hf": "mcore_to_hf",
+    "export_hf_weights": "export",
+    "load_hf_into_model": "model_io",
+    "load_mcore_into_model": "model_io",
+    "save_mcore_checkpoint": "model_io",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
