@@ -2,6 +2,7 @@
 
     codistill plan 1.5B/7B --gpu h100 --gpus 16
     codistill plan --small ./qwen-1.5b --large ./qwen-7b --gpus 32 --rollout-gpus 8 --json
+    codistill plan --config run.yaml --gpus 16          # models, batch and lengths from a run config
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import sys
 
+from megatron_codistill.models.arch import ModelArch
 from megatron_codistill.planner.hardware import GPUS, get_gpu
 from megatron_codistill.planner.plan import PlanRequest, plan_layouts
 from megatron_codistill.planner.presets import PAIRS, PRESETS, load_model, load_pair
@@ -27,19 +29,22 @@ def add_plan_args(subparsers) -> argparse.ArgumentParser:
     p.add_argument("pair", nargs="?", help="SMALL/LARGE presets, e.g. 1.5B/7B (or use --small/--large)")
     p.add_argument("--small", help="small model: preset name or HF config directory / config.json")
     p.add_argument("--large", help="large model: preset name or HF config directory / config.json")
+    p.add_argument("--config", help="a codistill run YAML: takes both models, prompts_per_step, group_size, "
+                   "max_prompt_length, max_new_tokens, micro-batches and the distributed optimizer from it "
+                   "(options given explicitly still win)")
     p.add_argument("--gpu", default="h100", help=f"GPU type: {', '.join(GPUS)} (default h100)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the job, trainer + rollout (default 8)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--rollout-gpus", type=int, default=0,
                    help="GPUs that only serve rollouts (SGLang); 0 = engine colocated with training")
     p.add_argument("--rollout-tp", type=int, default=1, help="tensor parallel size of each rollout server")
-    p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens (default 512)")
-    p.add_argument("--response-len", type=int, default=2048,
+    p.add_argument("--prompt-len", type=int, help="prompt tokens (default 512)")
+    p.add_argument("--response-len", type=int,
                    help="generated tokens per rollout (default 2048)")
-    p.add_argument("--prompts", type=int, default=32, help="prompts per step (default 32)")
-    p.add_argument("--group-size", "-G", type=int, default=8, help="rollouts per prompt (default 8)")
-    p.add_argument("--micro-batch-large", type=int, default=1, help="sequences per large micro-batch")
-    p.add_argument("--micro-batch-small", type=int, default=1, help="sequences per small micro-batch")
+    p.add_argument("--prompts", type=int, help="prompts per step (default 32)")
+    p.add_argument("--group-size", "-G", type=int, help="rollouts per prompt (default 8)")
+    p.add_argument("--micro-batch-large", type=int, help="sequences per large micro-batch (default 1)")
+    p.add_argument("--micro-batch-small", type=int, help="sequences per small micro-batch (default 1)")
     p.add_argument("--precision", choices=("bf16", "fp8"), default="bf16",
                    help="matmul precision for peak FLOP/s")
     p.add_argument("--no-distributed-optimizer", action="store_true", help="replicate optimizer states")
@@ -60,29 +65,57 @@ def add_plan_args(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+_DEFAULTS = {"prompt_len": 512, "response_len": 2048, "prompts": 32, "group_size": 8, "micro_batch_large": 1,
+             "micro_batch_small": 1}
+
+
+def _from_config(path: str) -> tuple[tuple[str, ModelArch], tuple[str, ModelArch], dict, bool]:
+    """Both models, the batch and length settings, and the distributed-optimizer flag of a run config."""
+    from megatron_codistill.config import ConfigError, load_config, model_arch
+
+    try:
+        cfg = load_config(path)
+        small, large = model_arch(cfg.small, "small"), model_arch(cfg.large, "large")
+    except ConfigError as e:
+        raise ValueError(f"{path}: {e}") from None
+    values = {
+        "prompt_len": cfg.rollout.max_prompt_length, "response_len": cfg.rollout.sampling.max_new_tokens,
+        "prompts": cfg.algorithm.prompts_per_step, "group_size": cfg.algorithm.group_size,
+        "micro_batch_large": cfg.large.micro_batch_size, "micro_batch_small": cfg.small.micro_batch_size,
+    }
+    small_name = cfg.small.hf_config or cfg.small.checkpoint or "small"
+    large_name = cfg.large.hf_config or cfg.large.checkpoint or "large"
+    return (small_name, small), (large_name, large), values, cfg.large.optimizer.use_distributed_optimizer
+
+
 def request_from_args(args: argparse.Namespace) -> PlanRequest:
     """The PlanRequest the parsed arguments describe (ValueError names a bad argument)."""
-    if args.pair and (args.small or args.large):
-        raise ValueError("give either a SMALL/LARGE pair or --small and --large, not both")
+    if sum(bool(x) for x in (args.pair, args.small or args.large, args.config)) > 1:
+        raise ValueError("give one of: a SMALL/LARGE pair, --small and --large, or --config")
+    v, dist_opt = dict(_DEFAULTS), True
     if args.pair:
         (small_name, small), (large_name, large) = load_pair(args.pair)
     elif args.small and args.large:
         (small_name, small), (large_name, large) = load_model(args.small), load_model(args.large)
+    elif args.config:
+        (small_name, small), (large_name, large), v, dist_opt = _from_config(args.config)
     else:
-        raise ValueError(f"name a model pair ({', '.join(PAIRS)}) or both --small and --large")
-    for name in ("gpus", "gpus_per_node", "rollout_tp", "prompt_len", "response_len", "prompts", "group_size",
-                 "micro_batch_large", "micro_batch_small"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} ({getattr(args, name)}) must be >= 1")
+        raise ValueError(f"name a model pair ({', '.join(PAIRS)}), both --small and --large, or --config")
+    v.update({k: getattr(args, k) for k in _DEFAULTS if getattr(args, k) is not None})  # explicit options win
+    for name in ("gpus", "gpus_per_node", "rollout_tp"):
+        v[name] = getattr(args, name)
+    for name, value in v.items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} ({value}) must be >= 1")
     if args.rollout_gpus < 0:
         raise ValueError(f"--rollout-gpus ({args.rollout_gpus}) must be >= 0")
     return PlanRequest(
         small=small, large=large, small_name=small_name, large_name=large_name, gpu=get_gpu(args.gpu),
-        num_gpus=args.gpus, gpus_per_node=args.gpus_per_node, rollout_gpus=args.rollout_gpus,
-        rollout_tp=args.rollout_tp, prompt_len=args.prompt_len, response_len=args.response_len,
-        prompts_per_step=args.prompts, group_size=args.group_size, micro_batch_large=args.micro_batch_large,
-        micro_batch_small=args.micro_batch_small, precision=args.precision,
-        distributed_optimizer=not args.no_distributed_optimizer, recompute=args.recompute,
+        num_gpus=v["gpus"], gpus_per_node=v["gpus_per_node"], rollout_gpus=args.rollout_gpus,
+        rollout_tp=v["rollout_tp"], prompt_len=v["prompt_len"], response_len=v["response_len"],
+        prompts_per_step=v["prompts"], group_size=v["group_size"], micro_batch_large=v["micro_batch_large"],
+        micro_batch_small=v["micro_batch_small"], precision=args.precision,
+        distributed_optimizer=dist_opt and not args.no_distributed_optimizer, recompute=args.recompute,
         reserve_gib=args.reserve_gib, sync_gbs=args.sync_gbs, network_gbs=args.network_gbs,
         efficiency=Efficiency(mfu=args.mfu, decode_bw=args.decode_bw, decode_mfu=args.decode_mfu),
     )

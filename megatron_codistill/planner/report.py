@@ -12,6 +12,10 @@ def _gib(x: float) -> float:
     return round(x / GIB, 2)
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.3f}M"
+
+
 def layout_dict(p: LayoutPlan) -> dict:
     """One layout as plain data."""
     out: dict = {"tp": p.tp, "pp": p.pp, "dp": p.dp, "valid": p.valid, "reasons": p.reasons}
@@ -62,8 +66,8 @@ def to_markdown(req: PlanRequest, plans: list[LayoutPlan], top: int = 10) -> str
         engine = f"{req.rollout_gpus} rollout GPUs ({servers} servers, TP {req.rollout_tp})"
     e = req.efficiency
     lines = [
-        f"# Plan: {req.small_name} ({req.small.num_parameters() / 1e9:.2f}B, small) + {req.large_name} "
-        f"({req.large.num_parameters() / 1e9:.2f}B, large) on {req.num_gpus} x {req.gpu.name}",
+        f"# Plan: {req.small_name} ({_count(req.small.num_parameters())}, small) + {req.large_name} "
+        f"({_count(req.large.num_parameters())}, large) on {req.num_gpus} x {req.gpu.name}",
         "",
         f"{req.trainer_gpus} trainer GPUs, {engine}; {req.prompts_per_step} prompts x G {req.group_size} = "
         f"{req.sequences} rollouts of {req.prompt_len} + {req.response_len} tokens; {req.precision} peak "
@@ -94,7 +98,7 @@ def to_markdown(req: PlanRequest, plans: list[LayoutPlan], top: int = 10) -> str
                   _row(["role", "params", "weights", "gradients", "optimizer", "activations",
                         "(no recompute / full)", "KV cache", "total"]), _row(["---"] * 9)]
         for role, m in ((f"large, stage {best.large.stage}", best.large), ("small (replica)", best.small)):
-            lines.append(_row([role, f"{m.params / 1e9:.3f}B", _gib(m.weights), _gib(m.gradients),
+            lines.append(_row([role, _count(m.params), _gib(m.weights), _gib(m.gradients),
                                _gib(m.optimizer), _gib(m.activations),
                                f"{_gib(m.activations_no_recompute)} / {_gib(m.activations_full_recompute)}",
                                "", _gib(m.total)]))

@@ -108,3 +108,31 @@ def test_cli_markdown_reads_hf_config_dirs(tmp_path, capsys):
     assert rc == 0
     assert out.startswith("# Plan: small (0.49B, small) + large (3.09B, large) on 8 x H200 141GB")
     assert "| rank | TP | PP | DP |" in out and "## Invalid layouts" in out
+
+
+RUN_YAML = """
+small:
+  arch: {family: llama, hidden_size: 32, num_layers: 1, num_attention_heads: 2, num_key_value_heads: 2,
+         ffn_hidden_size: 64, vocab_size: 16}
+  micro_batch_size: 64
+large:
+  arch: {family: llama, hidden_size: 128, num_layers: 4, num_attention_heads: 4, num_key_value_heads: 2,
+         ffn_hidden_size: 256, vocab_size: 16}
+  micro_batch_size: 32
+rollout: {max_prompt_length: 16, sampling: {max_new_tokens: 24}}
+algorithm: {group_size: 8, prompts_per_step: 32}
+"""
+
+
+def test_cli_reads_models_and_batch_from_a_run_config(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(RUN_YAML)
+    assert run_plan_cli(_parse(["--config", str(config), "--gpus", "2", "--prompts", "64", "--json"])) == 0
+    req = json.loads(capsys.readouterr().out)["request"]
+    # From the YAML: group 8, prompt 16 + 24 new tokens, micro-batches 32 / 64; --prompts overrides 32.
+    assert (req["group_size"], req["prompt_len"], req["response_len"]) == (8, 16, 24)
+    assert (req["micro_batch_large"], req["micro_batch_small"], req["prompts_per_step"]) == (32, 64, 64)
+    # Large: 4 x (qkv 128 x (128 + 2 x 64) + proj 128^2 + MLP 3 x 128 x 256 + 2 norms) + embedding, head
+    # (16 x 128 each) and the final norm.
+    assert req["large_params"] == 4 * (128 * 256 + 128 * 128 + 3 * 128 * 256 + 2 * 128) + 2 * 16 * 128 + 128
+    assert run_plan_cli(_parse(["1.5B/7B", "--config", str(config)])) == 2
