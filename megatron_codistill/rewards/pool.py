@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 from multiprocessing import Pipe
 from multiprocessing.connection import wait
@@ -82,6 +83,31 @@ def _shutdown(workers: list[_Worker]) -> None:
             pass
         w.kill()
     workers.clear()
+
+
+class _Queue:
+    """Pending (id, response, reference) tasks, bucketed by reference so that the G responses of a
+    prompt tend to meet the worker that already parsed (and cached) their reference; an idle worker
+    with an empty bucket takes from the fullest one."""
+
+    def __init__(self, tasks: list, slots: int) -> None:
+        self.buckets: list[deque] = [deque() for _ in range(slots)]
+        for t in tasks:
+            self.buckets[zlib.crc32(t[2].encode("utf-8", "replace")) % slots].append(t)
+        self.size = len(tasks)
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def pop(self, slot: int):
+        self.size -= 1
+        if self.buckets[slot]:
+            return self.buckets[slot].popleft()
+        return max(self.buckets, key=len).pop()
+
+    def push_back(self, slot: int, task) -> None:
+        self.size += 1
+        self.buckets[slot].appendleft(task)
 
 
 class VerifierPool:
@@ -161,23 +187,23 @@ class VerifierPool:
             raise RuntimeError(f"VerifierPool was created in process {self._pid}; make a new one here")
         busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (task id, deadline)
         try:
-            self._loop(deque(tasks), busy, done, wait_ready_s)
+            self._loop(_Queue(tasks, len(self._workers)), busy, done, wait_ready_s)
         except BaseException:
             # interrupted (Ctrl-C, an error): busy workers would answer stale tasks in the next batch
             for w in list(busy):
                 self._replace(w, busy, lambda *_: None, "interrupted")
             raise
 
-    def _loop(self, pending: deque, busy: dict, done, wait_ready_s: float | None) -> None:
+    def _loop(self, pending: _Queue, busy: dict, done, wait_ready_s: float | None) -> None:
         start = time.monotonic()
         while pending or busy or (wait_ready_s is not None and not all(w.ready for w in self._workers)):
-            for w in self._workers:
+            for slot, w in enumerate(self._workers):
                 if pending and w.ready and w not in busy:
-                    task = pending.popleft()
+                    task = pending.pop(slot)
                     try:
                         w.conn.send((*task, self.soft_budget_s))
                     except OSError:  # died while idle: retry the task on its replacement
-                        pending.appendleft(task)
+                        pending.push_back(slot, task)
                         self._replace(w, busy, done, "worker_died")
                         continue
                     busy[w] = (task[0], time.monotonic() + self.timeout_s)

@@ -3,6 +3,7 @@
 import os
 import random
 import time
+import zlib
 
 import pytest
 
@@ -99,3 +100,19 @@ def test_public_entry_uses_the_default_pool():
     finally:
         shutdown_default_pool()
     assert not any(_alive(p) for p in pids)
+
+
+def test_queue_prefers_the_reference_bucket_and_steals():
+    from megatron_codistill.rewards.pool import _Queue
+
+    tasks = [(i, "r", ref) for i, ref in enumerate(["a", "d", "a", "e", "b", "d"])]
+    q = _Queue(tasks, 2)
+    mine = list(q.buckets[0])
+    assert 0 < len(mine) < len(tasks)  # both buckets used
+    assert len({zlib.crc32(t[2].encode()) % 2 for t in mine}) == 1
+    got = [q.pop(0) for _ in range(len(mine))]  # slot 0 drains its own bucket in order first
+    assert got == mine == sorted(mine)
+    rest = []
+    while q:
+        rest.append(q.pop(0))  # then steals from the other bucket
+    assert sorted(got + rest) == tasks
