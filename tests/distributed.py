@@ -10,10 +10,12 @@ with that rank's traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import traceback
 
+import torch
 import torch.multiprocessing as mp
 
 
@@ -35,7 +37,10 @@ def _entry(rank: int, world: int, port: int, fn, args, queue) -> None:
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world)
         out = fn(*args)
-        queue.put((rank, "ok", out))
+        # bytes, not tensors: torch shares tensors through memory that vanishes with this process
+        buf = io.BytesIO()
+        torch.save(out, buf)
+        queue.put((rank, "ok", buf.getvalue()))
     except BaseException:  # noqa: BLE001 - report every failure to the parent
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -59,7 +64,7 @@ def run_distributed(fn, world_size: int = 2, *args, timeout: float = 600.0) -> l
         for _ in range(world_size):
             rank, status, payload = queue.get(timeout=timeout)
             if status == "ok":
-                results[rank] = payload
+                results[rank] = torch.load(io.BytesIO(payload), weights_only=False)
             else:
                 errors.append(f"rank {rank} failed:\n{payload}")
                 break
