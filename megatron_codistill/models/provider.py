@@ -116,6 +116,7 @@ def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_p
 
     Vocab is padded to `arch.padded_vocab_size(tp)` (padded logit columns must be masked, see
     parallel.logprobs); the output stays vocab-parallel (parallel_output=True): logits [B, T, V/tp].
+    The returned model carries `model.arch` (read by parallel.logprobs for the true vocab size).
     """
     from megatron.core.models.gpt import GPTModel
 
@@ -125,7 +126,7 @@ def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_p
                                 transformer_impl=impl)
     if impl == "local":
         _ensure_global_memory_buffer()
-    return GPTModel(
+    model = GPTModel(
         config=config, transformer_layer_spec=layer_spec(arch, impl),
         vocab_size=arch.padded_vocab_size(tp), max_sequence_length=seq_length or arch.max_position_embeddings,
         pre_process=pre_process, post_process=post_process, parallel_output=True,
@@ -133,6 +134,8 @@ def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_p
         position_embedding_type="rope", rotary_base=arch.rope_theta, **_rope_scaling_kwargs(arch),
         pg_collection=pg_collection,
     )
+    model.arch = arch  # the true vocab size and architecture travel with the model
+    return model
 
 
 def _rope_scaling_kwargs(arch: ModelArch) -> dict:

@@ -15,10 +15,12 @@ it enables.
 | patch_optimizer_tensors   | optimizer device="cuda" literals -> CPU          | MegatronOptimizer.step    |
 | patch_grad_l2_norm        | multi-tensor L2 norm returns a CPU tensor        | grad-norm for clipping    |
 | patch_tensor_type_checks  | Tensor.type() says "torch.cuda.*" to optimizer   | clip_grads, dist. opt.    |
+| patch_tensor_cuda_calls   | Tensor.cuda() from Megatron returns the tensor   | tied embeddings with PP>1 |
 
 Global state outside Megatron that is touched: `torch.cuda.current_device` (it raises without
-CUDA, so nothing that worked before changes) and `torch.Tensor.type` (the answer changes only for
-callers whose module is `megatron.core.optimizer.*`). Dropout inside tensor-parallel regions draws
+CUDA, so nothing that worked before changes), `torch.Tensor.type` (the answer changes only for
+callers whose module is `megatron.core.optimizer.*`) and `torch.Tensor.cuda` (changed only for
+callers in `megatron.core`). Dropout inside tensor-parallel regions draws
 from the default CPU generator (the CUDA RNG tracker has no CPU counterpart); the models here use
 dropout 0.
 """
@@ -188,6 +190,24 @@ def patch_tensor_type_checks() -> None:
     torch.Tensor.type = type_
 
 
+def patch_tensor_cuda_calls() -> None:
+    """Tensor.cuda() called from megatron.core returns the tensor unchanged (other callers still
+    get torch's error without CUDA).
+
+    LanguageModule.setup_embeddings_and_output_layer runs `weight.data = weight.data.cuda()` before
+    all-reducing tied embeddings over the embd group when PP > 1 (first and last stage hold copies).
+    """
+    original = torch.Tensor.cuda
+
+    def cuda(self, *args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("megatron.core"):
+            return self
+        return original(self, *args, **kwargs)
+
+    cuda.__wrapped__ = original
+    torch.Tensor.cuda = cuda
+
+
 PATCHES = {
     "current_device": patch_current_device,
     "rng_tracker_fork": patch_rng_tracker_fork,
@@ -196,6 +216,7 @@ PATCHES = {
     "optimizer_tensors": patch_optimizer_tensors,
     "grad_l2_norm": patch_grad_l2_norm,
     "tensor_type_checks": patch_tensor_type_checks,
+    "tensor_cuda_calls": patch_tensor_cuda_calls,
 }
 
 

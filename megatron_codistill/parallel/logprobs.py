@@ -1,0 +1,130 @@
+"""Per-token log-probs (and entropy) from vocab-parallel logits, for any model layout.
+
+`vocab_parallel_logprobs` is the math: each TP rank holds logits for a contiguous slice of the
+(padded) vocabulary, and
+    log p(y) = z_y - m - log sum_v exp(z_v - m),   m = max_v z_v,
+with the max, the sum and the target logit z_y reduced over the TP group. Columns >= vocab_size
+(Megatron's vocab padding) are excluded. The result is replicated on every TP rank; its backward
+is local to each rank's slice (Megatron's convention: the loss is computed identically on every TP
+rank, each rank back-propagates into its own shard).
+
+`forward_logprobs` runs a model (any TP x PP) over a token batch through Megatron's schedule
+(forward only) and returns the log-probs on every rank of the model group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from megatron_codistill.parallel.schedule import run_schedule, unwrap
+
+
+class _VocabParallelLogProbs(torch.autograd.Function):
+    """logits [..., V/tp] (this rank's slice) -> (log p(target) [...], entropy [...] or empty)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, tp_group, vocab_size, with_entropy):
+        logits = logits.float()
+        part = logits.shape[-1]
+        start = dist.get_rank(tp_group) * part
+        padded = torch.arange(start, start + part, device=logits.device) >= vocab_size
+        logits = logits.masked_fill(padded, float("-inf"))
+
+        m = logits.max(dim=-1, keepdim=True).values
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
+        shifted = logits - m  # -inf on padded columns
+        exp = shifted.exp()
+        sum_exp = exp.sum(dim=-1, keepdim=True)
+        dist.all_reduce(sum_exp, group=tp_group)
+        log_z = sum_exp.log()
+
+        local_t = targets - start
+        in_range = (local_t >= 0) & (local_t < part)
+        local_t = local_t.clamp(0, part - 1)
+        z_t = shifted.gather(-1, local_t.unsqueeze(-1)).squeeze(-1)
+        z_t = torch.where(in_range, z_t, torch.zeros_like(z_t))  # -inf * 0 would be nan
+        dist.all_reduce(z_t, group=tp_group)
+        logp = z_t - log_z.squeeze(-1)
+
+        probs = exp / sum_exp
+        entropy = torch.empty(0, device=logits.device)
+        if with_entropy:
+            # H = log Z - sum_v p_v (z_v - m); padded columns have p = 0 (use 0 for their shifted)
+            p_shift = (probs * shifted.masked_fill(padded, 0.0)).sum(-1, keepdim=True)
+            dist.all_reduce(p_shift, group=tp_group)
+            entropy = (log_z - p_shift).squeeze(-1)
+        ctx.save_for_backward(probs, local_t, in_range, entropy)
+        ctx.with_entropy = with_entropy
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        probs, local_t, in_range, entropy = ctx.saved_tensors
+        # d log p(y) / d z_v = 1[v = y] - p_v
+        grad = -probs * grad_logp.unsqueeze(-1)
+        grad.scatter_add_(-1, local_t.unsqueeze(-1), (in_range * grad_logp).unsqueeze(-1))
+        if ctx.with_entropy and grad_entropy is not None:
+            # d H / d z_v = -p_v (log p_v + H)
+            log_p = torch.where(probs > 0, probs.log(), torch.zeros_like(probs))
+            grad -= probs * (log_p + entropy.unsqueeze(-1)) * grad_entropy.unsqueeze(-1)
+        return grad, None, None, None, None
+
+
+def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, tp_group, vocab_size: int,
+                            with_entropy: bool = False):
+    """log p(targets) from this rank's vocab slice of the logits.
+
+    logits: [B, T, V_pad/tp] (any leading shape); targets: [B, T] int64 global token ids < vocab_size.
+    Returns logprobs [B, T] float32, or (logprobs, entropy) [B, T] each when `with_entropy`
+    (entropy over the true vocabulary, in nats). Autograd-correct for both outputs.
+    """
+    logp, entropy = _VocabParallelLogProbs.apply(logits, targets, tp_group, vocab_size, with_entropy)
+    return (logp, entropy) if with_entropy else logp
+
+
+def model_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor, layout, vocab_size: int,
+                   with_entropy: bool):
+    """One forward of `model` on inputs [b, T'] -> (logprobs [b, T'], entropy or None) on the last
+    stage; on other stages the pipeline activation. Positions 0..T'-1, causal mask implied."""
+    positions = torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0).expand_as(inputs)
+    out = model(inputs, positions, None)
+    if not layout.is_last_stage:
+        return out
+    result = vocab_parallel_logprobs(out, targets, layout.tp_group, vocab_size, with_entropy)
+    return result if with_entropy else (result, None)
+
+
+@torch.no_grad()
+def forward_logprobs(model, layout, tokens: torch.Tensor, *, micro_batch_size: int,
+                     with_entropy: bool = False):
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for a batch, on every rank of the model group.
+
+    model: this rank's (DDP-wrapped or bare) GPTModel chunk; layout: its ModelLayout; tokens:
+    [B, T] int64, identical on the TP/PP ranks of one DP replica. Right padding is harmless (the
+    model is causal; mask the padded positions downstream). Returns logprobs [B, T-1] float32, or
+    (logprobs, entropy) when `with_entropy`.
+    """
+    vocab_size = unwrap(model).arch.vocab_size
+
+    def step(chunk, micro_tokens):
+        return model_logprobs(chunk, micro_tokens[:, :-1], micro_tokens[:, 1:], layout, vocab_size,
+                              with_entropy)
+
+    def collect(result, rows):
+        logp, entropy = result
+        return logp.sum() * 0.0, {"logprobs": logp, "entropy": entropy}
+
+    outputs = run_schedule(model, layout, tokens, step, collect, micro_batch_size=micro_batch_size,
+                           forward_only=True)
+    b, t = tokens.shape[0], tokens.shape[1] - 1
+    rows = 2 if with_entropy else 1
+    device = next(unwrap(model).parameters()).device
+    result = torch.empty(rows, b, t, dtype=torch.float32, device=device)
+    if layout.is_last_stage:
+        result[0] = torch.cat([o["logprobs"] for o in outputs])[:b]
+        if with_entropy:
+            result[1] = torch.cat([o["entropy"] for o in outputs])[:b]
+    if layout.pp > 1:
+        dist.broadcast(result, src=layout.last_stage_rank, group=layout.pp_group)
+    return (result[0], result[1]) if with_entropy else result[0]
