@@ -12,77 +12,21 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 import weakref
 import zlib
 from collections import deque
-from multiprocessing import Pipe
 from multiprocessing.connection import wait
 
 from megatron_codistill.rewards.base import RewardResult
+from megatron_codistill.rewards.process import VerifierProcess, shutdown
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VERIFY_FN = "megatron_codistill.rewards.verify:verify_with_budget"
 MAX_RESPONSE_CHARS = 200_000
 """Longer responses keep only their tail, where every answer marker looks (the answer is at the end)."""
-
-
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class _Worker:
-    """One verifier: a fresh interpreter (`python -m megatron_codistill.rewards.worker ...`) on a socket pair.
-
-    A plain subprocess rather than multiprocessing's spawn, which re-runs the parent's __main__ and
-    so fails from stdin, notebooks and scripts without a main guard.
-    """
-
-    def __init__(self, verify_fn: str) -> None:
-        self.conn, child = Pipe(duplex=True)
-        path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=path)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "megatron_codistill.rewards.worker", str(child.fileno()), verify_fn],
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        child.close()
-        self.ready = False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            logger.warning("verifier worker %d did not die within 5 s of SIGKILL", self.proc.pid)
-        self.conn.close()
-
-
-def _shutdown(workers: list[_Worker]) -> None:
-    """Ask every worker to exit, then kill stragglers. Idempotent; also runs at interpreter exit."""
-    for w in workers:
-        try:
-            w.conn.send(None)
-        except (OSError, ValueError):
-            pass
-    deadline = time.monotonic() + 2.0
-    for w in workers:
-        try:
-            w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        w.kill()
-    workers.clear()
 
 
 class _Queue:
@@ -132,11 +76,11 @@ class VerifierPool:
         self.soft_budget_s = max(0.8 * timeout_s, timeout_s - 1.0)
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._workers: list[_Worker] = [_Worker(self.verify_fn) for _ in range(num_workers)]
+        self._workers: list[VerifierProcess] = [VerifierProcess(self.verify_fn) for _ in range(num_workers)]
         self.restarts = 0
         """Workers killed and replaced so far (one per answer that ran past its deadline or crashed)."""
         self._failed_starts = 0
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        self._finalizer = weakref.finalize(self, shutdown, self._workers, self._pid)
 
     def __enter__(self) -> VerifierPool:
         return self
@@ -185,7 +129,7 @@ class VerifierPool:
             raise RuntimeError("VerifierPool is closed")
         if os.getpid() != self._pid:
             raise RuntimeError(f"VerifierPool was created in process {self._pid}; make a new one here")
-        busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (task id, deadline)
+        busy: dict[VerifierProcess, tuple[int, float]] = {}  # worker -> (task id, deadline)
         try:
             self._loop(_Queue(tasks, len(self._workers)), busy, done, wait_ready_s)
         except BaseException:
@@ -219,7 +163,7 @@ class VerifierPool:
                     self._replace(w, busy, done, "worker_died")
                     continue
                 if msg == "ready":
-                    w.ready = True
+                    w.ready, self._failed_starts = True, 0
                 else:
                     done(msg[0], msg[1])
                     busy.pop(w, None)
@@ -228,16 +172,14 @@ class VerifierPool:
                 if now >= deadline and not w.conn.poll():
                     self._replace(w, busy, done, "timeout")
 
-    def _replace(self, w: _Worker, busy: dict, done, reason: str) -> None:
+    def _replace(self, w: VerifierProcess, busy: dict, done, reason: str) -> None:
         if not w.ready:
             self._failed_starts += 1
             if self._failed_starts > 3:
                 raise RuntimeError(f"verifier workers keep dying at start-up (exit code {w.proc.poll()})")
-        else:
-            self._failed_starts = 0
         if w in busy:
             done(busy.pop(w)[0], RewardResult(0.0, reason))
         w.kill()
-        self._workers[self._workers.index(w)] = _Worker(self.verify_fn)
+        self._workers[self._workers.index(w)] = VerifierProcess(self.verify_fn)
         self.restarts += 1
         logger.debug("verifier worker %d replaced (%s)", w.pid, reason)

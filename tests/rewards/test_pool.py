@@ -116,3 +116,18 @@ def test_queue_prefers_the_reference_bucket_and_steals():
     while q:
         rest.append(q.pop(0))  # then steals from the other bucket
     assert sorted(got + rest) == tasks
+
+
+def test_a_forked_child_cannot_use_or_stop_the_parents_pool(fast_pool):
+    pid = os.fork()
+    if pid == 0:  # child: scoring is refused, closing leaves the parent's workers alone
+        code = 1
+        try:
+            fast_pool.score(["\\boxed{1}"], ["1"])
+        except RuntimeError:
+            code = 0
+        fast_pool.close()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert fast_pool.score(["\\boxed{1}"], ["1"])[0].score == 1.0

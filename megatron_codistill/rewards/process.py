@@ -1,0 +1,70 @@
+"""The parent's handle on one verifier process: start it, talk to it, kill it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from multiprocessing import Pipe
+
+logger = logging.getLogger(__name__)
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class VerifierProcess:
+    """One verifier: a fresh interpreter running `megatron_codistill.rewards.worker`, on a socket pair.
+
+    A plain subprocess rather than multiprocessing's spawn, which re-runs the parent's __main__ and
+    so fails from stdin, notebooks and scripts without a main guard.
+    """
+
+    def __init__(self, verify_fn: str) -> None:
+        self.conn, child = Pipe(duplex=True)
+        path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "megatron_codistill.rewards.worker", str(child.fileno()), verify_fn],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        child.close()
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            logger.warning("verifier worker %d did not die within 5 s of SIGKILL", self.proc.pid)
+        self.conn.close()
+
+
+def shutdown(workers: list[VerifierProcess], owner_pid: int) -> None:
+    """Ask every worker to exit, then kill stragglers. Idempotent; also runs at interpreter exit.
+
+    Only the process that started them may: a forked child exiting must not stop its parent's pool.
+    """
+    if os.getpid() != owner_pid:
+        return
+    for w in workers:
+        try:
+            w.conn.send(None)
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + 2.0
+    for w in workers:
+        try:
+            w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        w.kill()
+    workers.clear()
