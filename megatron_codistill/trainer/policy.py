@@ -101,7 +101,7 @@ class Policy:
 
     def save_hf(self, out_dir: str | Path, tokenizer_dir: str | None) -> None:
         """Write a Hugging Face checkpoint of the current weights (collective; rank 0 writes)."""
-        from megatron_codistill.convert.export import save_hf_from_model
+        from megatron_codistill.convert.live import save_hf_from_model
 
         save_hf_from_model(self.module, self.arch, str(out_dir), tp_group=self.layout.tp_group,
                            pp_group=self.layout.pp_group, tokenizer_dir=tokenizer_dir)
@@ -124,6 +124,6 @@ class Policy:
 
 def load_weights(module, arch: ModelArch, layout: ModelLayout, path: str) -> None:
     """Fill this rank's shard from an HF checkpoint (dir or hub name) or a converted Megatron one."""
-    from megatron_codistill.convert.model_io import load_checkpoint_into_model
+    from megatron_codistill.convert.live import load_checkpoint_into_model
 
     load_checkpoint_into_model(module, arch, path, tp_group=layout.tp_group)

@@ -22,7 +22,6 @@ def _hf_tensors(directory: str) -> dict[str, torch.Tensor]:
 
 
 def _round_trip(hf_dir: str, mcore_dir: str, out_root: str, tp: int):
-    from megatron_codistill.convert.hf_to_mcore import convert_hf_to_mcore
     from megatron_codistill.convert.live import save_hf_from_model
     from megatron_codistill.models.arch import ModelArch
     from megatron_codistill.models.provider import build_gpt_model
@@ -30,9 +29,6 @@ def _round_trip(hf_dir: str, mcore_dir: str, out_root: str, tp: int):
 
     large, _ = build_layouts(tp=tp, pp=1)
     arch = ModelArch.from_hf_config(hf_dir)
-    if torch.distributed.get_rank() == 0 and not os.path.exists(mcore_dir):
-        convert_hf_to_mcore(hf_dir, mcore_dir, tp=1)  # any TP: the checkpoint reshards on load
-    torch.distributed.barrier()
     for source in (hf_dir, mcore_dir):
         model = build_gpt_model(arch, pg_collection=large.pg_collection, pre_process=True, post_process=True)
         load_checkpoint_into_model(model, arch, source, tp_group=large.tp_group)
@@ -42,28 +38,29 @@ def _round_trip(hf_dir: str, mcore_dir: str, out_root: str, tp: int):
     return True
 
 
-@pytest.mark.parametrize("family, tie", [("qwen2", False), ("llama", True)])
-def test_load_and_save_hf_from_a_live_model_is_exact(family, tie, tmp_path):
+@pytest.mark.parametrize("family, tie, tp", [("qwen2", False, 2), ("llama", True, 1)])
+def test_load_and_save_hf_from_a_live_model_is_exact(family, tie, tp, tmp_path):
     hf_dir = str(tmp_path / "hf")
     model = make_hf_model(hf_config(family, tie=tie))
     save_hf(model, hf_dir)
+    from megatron_codistill.convert.hf_to_mcore import convert_hf_to_mcore
+
+    convert_hf_to_mcore(hf_dir, str(tmp_path / "mcore"), tp=1)  # saved at TP=1, loaded at `tp`
     original = {k: v for k, v in model.state_dict().items() if "rotary" not in k}
     if tie:
         original.pop("lm_head.weight")
-    run_distributed(_round_trip, 2, hf_dir, str(tmp_path / "mcore"), str(tmp_path / "out"), 2)
-    run_distributed(_round_trip, 1, hf_dir, str(tmp_path / "mcore"), str(tmp_path / "out"), 1)
-    for tp in (1, 2):
-        for kind in ("hf", "mcore"):
-            out = str(tmp_path / "out" / f"tp{tp}_{kind}")
-            saved = _hf_tensors(out)
-            assert sorted(saved) == sorted(original), (tp, kind)
-            for name, tensor in original.items():
-                assert torch.equal(saved[name], tensor), (tp, kind, name)
-            assert os.path.isfile(os.path.join(out, "config.json"))
-            assert os.path.isfile(os.path.join(out, "tokenizer.json"))
+    run_distributed(_round_trip, tp, hf_dir, str(tmp_path / "mcore"), str(tmp_path / "out"), tp)
+    for kind in ("hf", "mcore"):
+        out = str(tmp_path / "out" / f"tp{tp}_{kind}")
+        saved = _hf_tensors(out)
+        assert sorted(saved) == sorted(original), kind
+        for name, tensor in original.items():
+            assert torch.equal(saved[name], tensor), (kind, name)
+        assert os.path.isfile(os.path.join(out, "config.json"))
+        assert os.path.isfile(os.path.join(out, "tokenizer.json"))
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out" / "tp2_mcore")).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out" / f"tp{tp}_mcore")).eval()
     tokens = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(reloaded(tokens).logits, model(tokens).logits)
