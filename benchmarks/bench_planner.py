@@ -11,6 +11,13 @@ single-thread matmul FLOP/s as "peak" and its measured copy bandwidth as "HBM" (
 thread). "implied efficiency" = estimate at 100% / measured: the planner's MFU / bandwidth factors
 would have to be this for the phase to be predicted exactly. The shares compare where the step's
 time goes, measured vs estimated with one efficiency calibrated on update_large.
+Part 3, activations: bytes that autograd keeps for backward in one transformers Qwen2 decoder layer
+(bf16, SDPA attention, counted with saved-tensor hooks, parameters excluded) per token, next to
+the planner's (8h + 4q + 4kv + 6F) for the same shapes. The planner counts what Megatron-Core with
+fused kernels keeps (fused RMSNorm: bf16 input; fused SwiGLU: gate+up and the down-projection
+input); the eager HF layer also keeps fp32 norm inputs (+2h each), the normalised bf16 tensor
+before the weight (+2h each), the SiLU output (+2F), RoPE tables and the softmax log-sum-exp, which
+accounts for the whole difference (checked by hand for the first row: 7,808 + 3,736 = 11,544).
 All numbers come from one run and are printed as markdown (and written to --out).
 """
 
@@ -148,6 +155,43 @@ def part_phases(run_dir: Path, cfg, steps: int) -> list[str]:
     return rows
 
 
+def part_activations() -> list[str]:
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding
+
+    from megatron_codistill.models.arch import ModelArch
+    from megatron_codistill.planner.memory import activation_bytes_per_token_layer
+
+    rows = ["| h | heads / kv | ffn | tokens | HF layer bytes/token | planner bytes/token | HF / planner |",
+            "|---|---|---|---|---|---|---|"]
+    for h, heads, kv, ffn, tokens in ((256, 4, 2, 704, 512), (512, 8, 2, 1408, 256), (896, 14, 2, 4864, 128)):
+        cfg = Qwen2Config(hidden_size=h, num_attention_heads=heads, num_key_value_heads=kv,
+                          intermediate_size=ffn, num_hidden_layers=1, vocab_size=128)
+        cfg._attn_implementation = "sdpa"
+        layer = Qwen2DecoderLayer(cfg, 0).to(torch.bfloat16)
+        x = torch.randn(1, tokens, h, dtype=torch.bfloat16, requires_grad=True)
+        pos = torch.arange(tokens)[None]
+        emb = Qwen2RotaryEmbedding(cfg)(x, pos)
+        params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(t, saved=saved, params=params):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                saved[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x, attention_mask=None, position_ids=pos, position_embeddings=emb)
+        measured = sum(saved.values()) / tokens
+        arch = ModelArch(family="qwen2", hidden_size=h, num_layers=1, num_attention_heads=heads,
+                         num_key_value_heads=kv, ffn_hidden_size=ffn, vocab_size=128)
+        want = activation_bytes_per_token_layer(arch, tp=1)
+        rows.append(f"| {h} | {heads} / {kv} | {ffn} | {tokens} | {measured:,.0f} | {want:,.0f} | "
+                    f"{measured / want:.2f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,8 +203,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         param_rows, _ = part_parameters(Path(tmp), cfg)
         phase_rows = part_phases(Path(tmp) / "timed", cfg, args.steps)
+    act_rows = part_activations()
     text = "\n".join(["# Planner vs measured tiny CPU runs", "", "## Parameters per rank", "",
-                      *param_rows, "", "## Time by phase (TP 1, PP 1, 2 ranks)", "", *phase_rows, ""])
+                      *param_rows, "", "## Time by phase (TP 1, PP 1, 2 ranks)", "", *phase_rows, "",
+                      "## Activations kept for backward, one layer", "", *act_rows, ""])
     sys.stdout.write(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
