@@ -339,7 +339,11 @@ class RunConfig:
     eval_every: int = 0
     """Evaluate on data.eval every N steps (and at the end); 0 disables it."""
     eval_greedy: bool = True
-    """Evaluate greedily (else with the training sampling)."""
+    """Report greedy accuracy (eval/<set>/<model>_accuracy)."""
+    eval_sampled: bool = False
+    """Also report accuracy under the training sampling (eval/<set>/<model>_sampled_accuracy)."""
+    eval_models: list[str] = field(default_factory=lambda: ["small", "large"])
+    """Models to evaluate (of those the mode builds)."""
 
 
 @dataclass

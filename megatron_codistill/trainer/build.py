@@ -96,5 +96,6 @@ def build_run(cfg: Config, *, sft: bool = False) -> Run:
               reward=build_reward(cfg.reward), pad_id=tokenizer.pad_token_id,
               checkpoints=CheckpointManager(cfg.run.dir, rank=rank, world_size=world,
                                             keep_last=cfg.checkpoint.keep_last))
+    run.tokenizer_dir = cfg.small.tokenizer or cfg.small.checkpoint or cfg.small.hf_config
     run.extra["config"] = to_dict(cfg)
     return run

@@ -39,23 +39,33 @@ def _engine_for(run, name: str):
 
 
 def evaluate(run) -> dict[str, float]:
-    """{"eval/<set>/<model>_accuracy": fraction correct} for every eval set and model."""
-    sampling = run.sampling if not run.cfg.run.eval_greedy else SamplingParams(
-        temperature=0.0, max_new_tokens=run.sampling.max_new_tokens,
-        stop_token_ids=run.sampling.stop_token_ids)
+    """{"eval/<set>/<model>_accuracy" (greedy), "..._sampled_accuracy"}: fraction correct per set/model."""
+    r = run.cfg.run
+    kinds = {}
+    if r.eval_greedy:
+        kinds["accuracy"] = SamplingParams(temperature=0.0, max_new_tokens=run.sampling.max_new_tokens,
+                                           stop_token_ids=run.sampling.stop_token_ids)
+    if r.eval_sampled:
+        kinds["sampled_accuracy"] = run.sampling
     metrics: dict[str, float] = {}
     for eval_set in run.cfg.data.eval:
         problems = run.prompts.eval_problems(eval_set)
         mine = problems[run.rank :: run.world_size]
-        for name in sorted(run.policies):
+        for name in sorted(set(run.policies) & set(r.eval_models)):
             engine = _engine_for(run, name)
             if engine is None:
                 continue
-            groups = engine.generate([p.prompt_ids for p in mine], 1, sampling) if mine else []
-            texts = [run.decode(g[0].response_ids) for g in groups]
-            scores = run.reward(texts, [p.reference for p in mine]) if mine else []
-            counts = torch.tensor([sum(float(s >= run.cfg.reward.correct) for s in scores), float(len(mine))])
-            if dist.is_initialized():
-                dist.all_reduce(counts)
-            metrics[f"eval/{eval_set.name}/{name}_accuracy"] = float(counts[0] / counts[1].clamp(min=1))
+            for key, sampling in kinds.items():
+                metrics[f"eval/{eval_set.name}/{name}_{key}"] = _accuracy(run, engine, mine, sampling)
     return metrics
+
+
+def _accuracy(run, engine, problems, sampling: SamplingParams) -> float:
+    """Fraction of `problems` (this rank's share) answered correctly, over all ranks."""
+    groups = engine.generate([p.prompt_ids for p in problems], 1, sampling) if problems else []
+    texts = [run.decode(g[0].response_ids) for g in groups]
+    scores = run.reward(texts, [p.reference for p in problems]) if problems else []
+    counts = torch.tensor([sum(float(s >= run.cfg.reward.correct) for s in scores), float(len(problems))])
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    return float(counts[0] / counts[1].clamp(min=1))
