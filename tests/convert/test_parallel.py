@@ -6,6 +6,8 @@ padded to 384 / 512) and Llama (tied embeddings, llama3 RoPE scaling, GQA 4:2). 
 - load_hf_into_model -> logits == transformers' logits on the same tokens (fp32, <= 1e-4);
 - export_hf_weights -> exactly the tensors of the HF checkpoint, in buckets of the asked size;
 - load_mcore_into_model from the converted checkpoint -> the same parameters, bit for bit;
+- Megatron's own GPTModel.sharded_state_dict() loads the converted checkpoint, and what it saves
+  converts back to HF bit for bit (the format is Megatron's, not a look-alike);
 - TP=2 saves with save_mcore_checkpoint; TP=2, PP=2 and TP=1 load that checkpoint (resharding)
   into the same parameters, and mcore-to-hf turns it back into the original HF tensors bit for bit.
 """
@@ -49,7 +51,7 @@ def checkpoints(tmp_path_factory):
     for name, kw in CASES.items():
         hf = save_hf(make_hf_model(hf_config(**kw)), str(root / f"{name}_hf"))
         out[name] = {"hf": hf, "mcore": convert_hf_to_mcore(hf, str(root / f"{name}_mcore")),
-                     "tp2": str(root / f"{name}_tp2")}
+                     "tp2": str(root / f"{name}_tp2"), "native": str(root / f"{name}_native")}
     return out
 
 
@@ -92,6 +94,7 @@ def _run_layout(tp: int, pp: int, checkpoints: dict, save_tp2: bool) -> dict:
         if save_tp2:
             save_mcore_checkpoint(model, arch, paths["tp2"], tp_group=large.tp_group, pp_group=large.pp_group,
                                   dp_group=large.dp_group, hf_files=paths["hf"])
+            r["native_load_diff"] = _megatron_native(model, build(), paths, large, params)
         for source in ("mcore", "tp2"):
             fresh = build()
             load_mcore_into_model(fresh, arch, paths[source], tp_group=large.tp_group)
@@ -101,6 +104,26 @@ def _run_layout(tp: int, pp: int, checkpoints: dict, save_tp2: bool) -> dict:
             r[f"{source}_logits"] = (logits - ref).abs().max().item()
         results[name] = r
     return results
+
+
+def _megatron_native(model, fresh, paths: dict, large, params: dict) -> float:
+    """Megatron's own GPTModel.sharded_state_dict() reads our converted checkpoint, and writes one
+    (`paths["native"]`, converted back to HF by the test). Returns max |loaded - HF-loaded params|."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedObject
+
+    from megatron_codistill.convert.mcore_ckpt import save_sharded
+
+    meta = {"dp_cp_group": large.pg_collection.dp_cp}
+    if dist.get_rank() == 0:
+        os.makedirs(paths["native"])
+    dist.barrier()
+    save_sharded(model.sharded_state_dict(metadata=meta), paths["native"])
+    # weights only (fc1 is a ShardedTensorFactory); the linears' empty `_extra_state` objects are not saved
+    wanted = {k: v for k, v in fresh.sharded_state_dict(metadata=meta).items() if not isinstance(v, ShardedObject)}
+    fresh.load_state_dict(dist_checkpointing.load(wanted, paths["mcore"]), strict=False)
+    return max((p.detach() - params[n]).abs().max().item() for n, p in fresh.named_parameters())
 
 
 def _worker(checkpoints: dict) -> dict:
@@ -148,6 +171,22 @@ def test_tp2_checkpoint_back_to_hf_is_bit_exact(results, checkpoints, tmp_path):
         assert sorted(got) == sorted(want)
         assert all(torch.equal(got[n], want[n]) for n in want), name
         assert os.path.isfile(os.path.join(out, "tokenizer.json"))
+
+
+def test_megatron_own_sharded_state_dict_reads_and_writes_the_format(results, checkpoints, tmp_path):
+    """GPTModel.sharded_state_dict() (TP=2) loaded the converted checkpoint into the same parameters;
+    what Megatron itself saved (with a marker added) converts back to the original HF tensors."""
+    from megatron_codistill.convert.mcore_ckpt import checkpoint_meta
+    from megatron_codistill.convert.output_dir import write_marker
+    from megatron_codistill.models.arch import ModelArch
+
+    for name, paths in checkpoints.items():
+        assert all(r["tp2"][name]["native_load_diff"] == 0.0 for r in results), name
+        write_marker(paths["native"], checkpoint_meta(ModelArch.from_hf_config(paths["hf"]), torch.float32,
+                                                      {"tp": 2, "pp": 1}))
+        out = convert_mcore_to_hf(paths["native"], str(tmp_path / name))
+        got, want = hf_state(out), hf_state(paths["hf"])
+        assert sorted(got) == sorted(want) and all(torch.equal(got[n], want[n]) for n in want), name
 
 
 def test_llama3_rope_scaling_changes_logits(checkpoints):
