@@ -39,19 +39,24 @@ class StopFlag:
 
 
 def train_main(config_path: str, overrides: list[str], *, resume: bool = False) -> int:
+    stop = StopFlag()  # before anything slow: a signal during setup is honoured at the first boundary
     cfg = load_config(config_path, overrides)
     run = build_run(cfg, sft=cfg.algorithm.mode == "sft")
-    train(run, resume=resume)
+    train(run, resume=resume, stop=stop)
     return 0
 
 
-def train(run: Run, *, resume: bool = False) -> None:
-    cfg, stop = run.cfg, StopFlag()
+def train(run: Run, *, resume: bool = False, stop: StopFlag | None = None) -> None:
+    cfg, stop = run.cfg, stop or StopFlag()
     step = restore(run) if resume else None
     if step is None:
         step = 0
         if supervised.warm_start(run):
             save(run, 0)
+    if stop.agreed():
+        log.info("preempted at step %d: checkpoint saved, exiting", step)
+        run.engine.shutdown()
+        return
     logger = MetricsLogger(cfg.run.dir, rank=run.rank, total_steps=cfg.run.steps, start_step=step,
                            tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                            wandb_run_name=cfg.logging.wandb_run_name, progress=cfg.logging.progress,
