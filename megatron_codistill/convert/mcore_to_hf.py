@@ -1,7 +1,7 @@
 """Megatron-Core distributed checkpoint -> Hugging Face sharded safetensors, one layer at a time.
 
-Peak memory is about one output shard: each layer's tensors are read from the checkpoint, split into
-HF tensors, and written as soon as their shard is complete.
+Peak memory is about one layer: each layer's tensors are read from the checkpoint, split into HF
+tensors and appended to their safetensors file at once (headers are written first, from the shapes).
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ def convert_mcore_to_hf(mcore_dir: str, out_dir: str, *, overwrite: bool = False
     config = _hf_config(mcore_dir, arch, dtype)
     check_output_dir(out_dir, overwrite)
     todo = entries(arch)
-    sizes = [(n, math.prod(s) * dtype.itemsize) for e in todo for n, s in zip(e.hf, e.hf_shapes)]
+    specs = {n: (s, dtype) for e in todo for n, s in zip(e.hf, e.hf_shapes)}
+    sizes = [(n, math.prod(s) * dtype.itemsize) for n, (s, _) in specs.items()]
     with atomic_dir(out_dir, overwrite) as tmp, process_group():
-        writer = ShardWriter(tmp, plan_shards(sizes, max_shard_bytes))
+        writer = ShardWriter(tmp, plan_shards(sizes, max_shard_bytes), specs)
         for _, group in groupby(todo, key=lambda e: e.layer):
             group = list(group)
             state = {}

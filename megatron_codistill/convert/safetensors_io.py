@@ -26,6 +26,7 @@ SINGLE = "model.safetensors"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
+_CODES = {dtype: code for code, dtype in DTYPES.items()}
 _MAX_HEADER = 100 << 20
 
 
@@ -148,14 +149,52 @@ def plan_shards(sizes: Iterable[tuple[str, int]], max_shard_bytes: int) -> list[
     return shards
 
 
-class ShardWriter:
-    """Writes tensors into planned shards as they arrive, then the index json."""
+class _StreamedShard:
+    """One safetensors file written tensor by tensor: the header (all shapes known) goes first."""
 
-    def __init__(self, out_dir: str, shards: list[list[str]]) -> None:
-        self.out_dir, self.shards = out_dir, shards
+    def __init__(self, path: str, names: list[str], specs: dict[str, tuple[tuple[int, ...], torch.dtype]]):
+        header: dict = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name in names:
+            shape, dtype = specs[name]
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
+        self.file = open(path, "wb")
+        self.file.write(struct.pack("<Q", len(raw)) + raw)
+        self.todo, self.specs = list(reversed(names)), specs
+
+    def write(self, name: str, tensor: Tensor) -> bool:
+        """Append `name` (must be the next planned tensor); True when the file is complete."""
+        assert self.todo and self.todo[-1] == name, f"{name!r} arrived out of order (next: {self.todo[-1:]})"
+        shape, dtype = self.specs[self.todo.pop()]
+        assert tuple(tensor.shape) == tuple(shape) and tensor.dtype == dtype, (name, tensor.shape, tensor.dtype)
+        self.file.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        if self.todo:
+            return False
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return True
+
+
+class ShardWriter:
+    """Writes tensors into planned shards as they arrive, then the index json.
+
+    With `specs` (name -> (shape, dtype)) each shard is streamed to disk tensor by tensor (tensors
+    must arrive in plan order; memory: one tensor); without, a shard is held until it is complete.
+    """
+
+    def __init__(self, out_dir: str, shards: list[list[str]],
+                 specs: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None) -> None:
+        self.out_dir, self.shards, self.specs = out_dir, shards, specs
         self.shard_of = {n: k for k, names in enumerate(shards) for n in names}
         self.file_of = {n: self._name(k) for n, k in self.shard_of.items()}
         self.pending: list[dict[str, Tensor]] = [{} for _ in shards]
+        self.streams: dict[int, _StreamedShard] = {}
+        self.done: set[int] = set()
         self.total_bytes = 0
 
     def _name(self, k: int) -> str:
@@ -164,16 +203,25 @@ class ShardWriter:
 
     def add(self, name: str, tensor: Tensor) -> None:
         k = self.shard_of[name]
-        self.pending[k][name] = _own(tensor)
         self.total_bytes += tensor.numel() * tensor.element_size()
+        if self.specs is not None:
+            if k not in self.streams:
+                self.streams[k] = _StreamedShard(os.path.join(self.out_dir, self._name(k)), self.shards[k],
+                                                 self.specs)
+            if self.streams[k].write(name, tensor):
+                self.done.add(k)
+                del self.streams[k]
+            return
+        self.pending[k][name] = _own(tensor)
         if len(self.pending[k]) == len(self.shards[k]):
             ordered = {n: self.pending[k][n] for n in self.shards[k]}
             save_file(ordered, os.path.join(self.out_dir, self._name(k)), metadata={"format": "pt"})
             self.pending[k] = {}
+            self.done.add(k)
 
     def finish(self) -> None:
-        left = [n for shard in self.pending for n in shard]
-        assert not left, f"shards not written, waiting for other tensors: {left[:5]}"
+        left = [n for k, names in enumerate(self.shards) if k not in self.done for n in names]
+        assert not left, f"shards not written, waiting for tensors: {left[:5]}"
         if len(self.shards) > 1:
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": self.file_of}
             with open(os.path.join(self.out_dir, INDEX), "w") as f:
