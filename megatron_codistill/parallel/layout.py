@@ -44,23 +44,31 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     apply_cpu_patches()
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    env = os.environ
-    if "RANK" not in env and "SLURM_PROCID" in env:
-        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-        env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
-        env.setdefault("MASTER_ADDR", env.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"))
-        # every task derives the same port from the job id
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
-    if "RANK" not in env:
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.update(launcher_env(os.environ))
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(env.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, init_method="env://")
     return dist.get_rank(), dist.get_world_size()
+
+
+def launcher_env(env) -> dict[str, str]:
+    """The RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT variables to add to `env`:
+    none under torchrun, SLURM's equivalents under srun, a one-process job otherwise."""
+    out: dict[str, str] = {}
+    if "RANK" in env:
+        return out
+    if "SLURM_PROCID" in env:
+        out.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_NTASKS"],
+                   LOCAL_RANK=env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
+        out["MASTER_ADDR"] = env.get("MASTER_ADDR", env.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"))
+        # every task derives the same port from the job id
+        out["MASTER_PORT"] = env.get("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return out
+    out.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR=env.get("MASTER_ADDR", "127.0.0.1"),
+               MASTER_PORT=env.get("MASTER_PORT") or str(_free_port()))
+    return out
 
 
 def _free_port() -> int:

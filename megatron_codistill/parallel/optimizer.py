@@ -18,6 +18,8 @@ bf16/fp16 model weights. Model weights themselves are saved by the model checkpo
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from megatron_codistill.parallel.schedule import unwrap
@@ -88,10 +90,11 @@ def _main_params(sub) -> list[torch.Tensor]:
 
 
 def state_dict(optimizer, scheduler) -> dict:
-    """This rank's optimizer + scheduler state (see the module docstring for what is saved)."""
+    """A snapshot of this rank's optimizer + scheduler state (the module docstring says what)."""
     subs = []
     for sub in _sub_optimizers(optimizer):
-        entry = {"kind": type(sub).__name__, "inner": sub.optimizer.state_dict()}
+        # deepcopy: torch's state_dict() hands out the live moment tensors
+        entry = {"kind": type(sub).__name__, "inner": copy.deepcopy(sub.optimizer.state_dict())}
         if _keeps_main_copies(sub):
             entry["main_params"] = [p.detach().clone() for p in _main_params(sub)]
         subs.append(entry)

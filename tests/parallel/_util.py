@@ -4,6 +4,7 @@ setup, and copying a TP=1/PP=1 Megatron model's weights into any TP x PP shard."
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.distributed as dist
@@ -26,12 +27,15 @@ def single_rank():
     from megatron_codistill.parallel.layout import build_layouts, init_distributed
 
     created = not dist.is_initialized()
+    saved_env = dict(os.environ)
     init_distributed()
     try:
         yield build_layouts(tp=1, pp=1)
     finally:
         if created:
             dist.destroy_process_group()
+            os.environ.clear()
+            os.environ.update(saved_env)
 
 
 @torch.no_grad()
