@@ -57,7 +57,11 @@ def _quiet_math_verify() -> None:
 
 
 def verify_answer(response: str, reference: str) -> RewardResult:
-    """Extract, normalise and compare; no time limit (see `verify_with_budget`)."""
+    """Extract, normalise and compare; no time limit (see `verify_with_budget`).
+
+    Comparison, cheapest first: the same text (up to runs of spaces); plain numbers exactly
+    (`numeric.compare_plain`); math-verify on the parsed expressions.
+    """
     from math_verify import verify
 
     found = extract_answer(response)
@@ -66,6 +70,8 @@ def verify_answer(response: str, reference: str) -> RewardResult:
     if len(found.answer) > MAX_ANSWER_CHARS:
         return RewardResult(0.0, "too_long", found.answer[:100])
     gold_text, pred_text = normalize_answer(reference_answer(reference)), normalize_answer(found.answer)
+    if " ".join(gold_text.split()) == " ".join(pred_text.split()):  # same text: no need for sympy
+        return RewardResult(1.0, "correct", found.answer)
     ok = compare_plain(gold_text, pred_text)
     if ok is None:
         gold = _parse_gold(gold_text)

@@ -22,6 +22,8 @@ POLAR = "\\left( 3, \\frac{\\pi}{2} \\right)"
         ("\\boxed{1.6 \\times 10^{-19}}", "1.6e-19", "correct"),
         ("\\boxed{1.6 \\times 10^{-18}}", "1.6e-19", "wrong"),
         ("\\boxed{\\text{(C)}}", "\\text{(C)}", "correct"),
+        ("\\boxed{\\hbar \\omega(v+1 / 2)}", "\\hbar  \\omega(v+1 / 2)", "correct"),  # same text: no sympy
+        ("\\boxed{\\hbar \\omega(v+1 / 3)}", "\\hbar  \\omega(v+1 / 2)", "wrong"),
         ("no final answer", "3", "no_answer"),
         ("\\boxed{" + "1+" * MAX_ANSWER_CHARS + "1}", "3", "too_long"),
     ],
