@@ -2,15 +2,20 @@
 
     python benchmarks/bench_rewards.py --data-dir /path/to/data [--workers 1,2] [--out FILE]
 
-Each gold is written as a model answer (`... \\boxed{gold}`) and scored against itself. "cold" is
-the first pass (every gold parsed for the first time in its worker); "warm" repeats it (best of
---repeats), as GRPO does when it scores G responses per reference (each worker caches parsed golds).
+Three passes over the 500 golds, each written as a model answer (`... \\boxed{...}`):
+- "same text": the gold itself (accepted without sympy: the cheap case);
+- "wrong, cold": the gold with its last digit changed (or `+ 1` appended), the first time each
+  worker sees the reference: extraction, both parses and math-verify's comparison, as for most
+  responses early in RL;
+- "wrong, warm": the same again (best of --repeats), references already parsed in their worker's
+  cache, as when GRPO scores the G responses of a prompt.
 Worker start-up is timed apart. Prints a markdown table and writes it to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
@@ -18,36 +23,49 @@ from megatron_codistill.data import load_examples
 from megatron_codistill.rewards import VerifierPool
 
 
+def perturb(gold: str) -> str:
+    digits = [m.start() for m in re.finditer(r"\d", gold)]
+    if not digits:
+        return gold + " + 1"
+    i = digits[-1]
+    return gold[:i] + str((int(gold[i]) + 1) % 10) + gold[i + 1 :]
+
+
+def timed(pool: VerifierPool, answers: list[str], golds: list[str], passes: int) -> tuple[float, float]:
+    """(answers per second of the best pass, mean score)."""
+    responses = [f"The final answer is $\\boxed{{{a}}}$." for a in answers]
+    best, results = float("inf"), []
+    for _ in range(passes):
+        t = time.perf_counter()
+        results = pool.score(responses, golds)
+        best = min(best, time.perf_counter() - t)
+    return len(golds) / best, sum(r.score for r in results) / len(golds)
+
+
 def measure(golds: list[str], workers: int, timeout_s: float, repeats: int) -> dict:
-    responses = [f"The final answer is $\\boxed{{{g}}}$." for g in golds]
     start = time.perf_counter()
     with VerifierPool(num_workers=workers, timeout_s=timeout_s) as pool:
         pool.wait_ready()
         row = {"workers": workers, "startup_s": time.perf_counter() - start}
-        for name, passes in (("cold", 1), ("warm", repeats)):
-            best = float("inf")
-            for _ in range(passes):  # best of `repeats`: the machine may be shared
-                t = time.perf_counter()
-                results = pool.score(responses, golds)
-                best = min(best, time.perf_counter() - t)
-            row[name] = len(golds) / best
-            row[f"{name}_correct"] = sum(r.score for r in results) / len(golds)
+        wrong = [perturb(g) for g in golds]
+        row["wrong_cold"], row["wrong_cold_score"] = timed(pool, wrong, golds, 1)
+        row["wrong_warm"], _ = timed(pool, wrong, golds, repeats)
+        row["same"], row["same_score"] = timed(pool, golds, golds, repeats)
+        row["restarts"] = pool.restarts
     return row
 
 
 def table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = [
-        "| workers | start-up (s) | cold answers/s | warm answers/s | cold speed-up | warm speed-up "
-        "| accepted |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    cols = [("same", "same text"), ("wrong_cold", "wrong, cold"), ("wrong_warm", "wrong, warm")]
+    head = ["workers", "start-up (s)"] + [f"{name} (answers/s)" for _, name in cols]
+    head += [f"{name} speed-up" for _, name in cols] + ["accepted same / wrong", "timeouts"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(
-            f"| {r['workers']} | {r['startup_s']:.1f} | {r['cold']:.1f} | {r['warm']:.1f} | "
-            f"{r['cold'] / base['cold']:.2f}x | {r['warm'] / base['warm']:.2f}x | "
-            f"{100 * r['cold_correct']:.1f}% |"
-        )
+        cells = [str(r["workers"]), f"{r['startup_s']:.1f}"] + [f"{r[k]:.1f}" for k, _ in cols]
+        cells += [f"{r[k] / base[k]:.2f}x" for k, _ in cols]
+        cells += [f"{100 * r['same_score']:.1f}% / {100 * r['wrong_cold_score']:.1f}%", str(r["restarts"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,9 @@ def _check_resume(settings: EvalSettings, out: Path) -> None:
     path.write_text(json.dumps(mine, indent=2))
 
 
-def _generate_and_score(engine, tokenizer, pool, bench: str, todo: list, mode: str, settings) -> list[dict]:
+def _generate_and_score(
+    engine, tokenizer, pool, bench: str, todo: list, mode: str, settings: EvalSettings
+) -> list[dict]:
     """Records of the (problem, first sample id, count) in `todo`, generated and scored."""
     greedy = mode == "greedy"
     first = todo[0][0].example.index
