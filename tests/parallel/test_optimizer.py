@@ -18,11 +18,11 @@ def _loss_fn(logp, entropy, rows):
     return -logp.mean(), {"neg_logp": -logp.mean()}
 
 
-def _model(layouts):
+def _model(layouts, dtype=torch.float32):
     from megatron_codistill.models.provider import build_gpt_model
 
     model = build_gpt_model(tiny_arch(num_layers=1), pg_collection=layouts[0].pg_collection,
-                            pre_process=True, post_process=True)
+                            pre_process=True, post_process=True, params_dtype=dtype)
     randomize_(model)
     return model
 
@@ -55,12 +55,14 @@ def test_train_step_metrics(layouts):
     assert out["update_ok"] == 1.0 and out["grad_norm"] > 0 and out["lr"] == 1e-3
 
 
-@pytest.mark.parametrize("distributed", [False, True])
-def test_checkpoint_round_trip_gives_the_same_next_step(layouts, distributed):
+@pytest.mark.parametrize("distributed,dtype", [(False, torch.float32), (True, torch.float32),
+                                               (False, torch.bfloat16)])
+def test_checkpoint_round_trip_gives_the_same_next_step(layouts, distributed, dtype):
+    """bf16: the fp32 main weights are saved too; a resume from the bf16 weights alone would differ."""
     large = layouts[0]
     kwargs = dict(lr=1e-2, weight_decay=0.1, warmup_steps=1, total_steps=5, decay_style="cosine",
                   use_distributed_optimizer=distributed)
-    model = _model(layouts)
+    model = _model(layouts, dtype)
     ddp, opt, sched = build_optimizer(model, large, **kwargs)
     for _ in range(2):
         train_step(ddp, opt, large, TOKENS, _loss_fn, micro_batch_size=2, scheduler=sched)
@@ -69,7 +71,7 @@ def test_checkpoint_round_trip_gives_the_same_next_step(layouts, distributed):
     train_step(ddp, opt, large, TOKENS, _loss_fn, micro_batch_size=2, scheduler=sched)
     continued = [p.detach().clone() for p in model.parameters()]
 
-    resumed = _model(layouts)
+    resumed = _model(layouts, dtype)
     resumed.load_state_dict(weights, strict=False)
     ddp2, opt2, sched2 = build_optimizer(resumed, large, **kwargs)
     load_state_dict(opt2, sched2, saved)
