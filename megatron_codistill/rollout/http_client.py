@@ -84,7 +84,7 @@ class HttpClient:
         text = f"rollout server {url} ({path}"
         text += f", {what})" if what else ")"
         if prompt_indices is not None:
-            text += f" on the batch of prompts {_ranges(prompt_indices)}"
+            text += f" on the batch of prompts {format_ranges(prompt_indices)}"
         return text
 
     @staticmethod
@@ -116,7 +116,7 @@ class HttpClient:
             raise RolloutServerError(f"response is not JSON: {body[:200]!r}", url) from None
 
 
-def _ranges(indices: list[int]) -> str:
+def format_ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (the batch, short enough for an error message)."""
     out, start = [], None
     for i, v in enumerate(indices):

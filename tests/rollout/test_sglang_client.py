@@ -11,11 +11,8 @@ import pytest
 
 from megatron_codistill.rollout.base import SamplingParams
 from megatron_codistill.rollout.http_client import RolloutServerError
-from megatron_codistill.rollout.sglang import (
-    SGLangEngine,
-    build_generate_request,
-    build_launch_command,
-)
+from megatron_codistill.rollout.sglang import SGLangEngine, build_launch_command
+from megatron_codistill.rollout.sglang_protocol import build_generate_request
 from tests.rollout.fake_sglang import VOCAB, start_fake
 
 # Keys of SGLang 0.5.23's /generate sampling_params schema (sglang/api/v1/api_types.py), which
