@@ -25,19 +25,19 @@ class _VocabParallelLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, tp_group, vocab_size, with_entropy):
-        logits = logits.float()
+        # Peak memory: the input, `shifted` and `probs` ([..., V/tp] fp32 each); in place below.
         part = logits.shape[-1]
         start = dist.get_rank(tp_group) * part
         padded = torch.arange(start, start + part, device=logits.device) >= vocab_size
-        logits = logits.masked_fill(padded, float("-inf"))
-
-        m = logits.max(dim=-1, keepdim=True).values
+        shifted = logits.float().masked_fill(padded, float("-inf"))  # a new tensor: safe in place
+        m = shifted.max(dim=-1, keepdim=True).values
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
-        shifted = logits - m  # -inf on padded columns
-        exp = shifted.exp()
-        sum_exp = exp.sum(dim=-1, keepdim=True)
+        shifted -= m  # z - m, -inf on padded columns
+        probs = shifted.exp()
+        sum_exp = probs.sum(dim=-1, keepdim=True)
         dist.all_reduce(sum_exp, group=tp_group)
-        log_z = sum_exp.log()
+        probs /= sum_exp
+        log_z = sum_exp.log().squeeze(-1)
 
         local_t = targets - start
         in_range = (local_t >= 0) & (local_t < part)
@@ -45,15 +45,14 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         z_t = shifted.gather(-1, local_t.unsqueeze(-1)).squeeze(-1)
         z_t = torch.where(in_range, z_t, torch.zeros_like(z_t))  # -inf * 0 would be nan
         dist.all_reduce(z_t, group=tp_group)
-        logp = z_t - log_z.squeeze(-1)
+        logp = z_t - log_z
 
-        probs = exp / sum_exp
         entropy = torch.empty(0, device=logits.device)
         if with_entropy:
-            # H = log Z - sum_v p_v (z_v - m); padded columns have p = 0 (use 0 for their shifted)
-            p_shift = (probs * shifted.masked_fill(padded, 0.0)).sum(-1, keepdim=True)
+            # H = log Z - sum_v p_v (z_v - m); padded columns have p = 0 (use 0 for their z - m)
+            p_shift = torch.linalg.vecdot(probs, shifted.masked_fill_(padded, 0.0))
             dist.all_reduce(p_shift, group=tp_group)
-            entropy = (log_z - p_shift).squeeze(-1)
+            entropy = log_z - p_shift
         ctx.save_for_backward(probs, local_t, in_range, entropy)
         ctx.with_entropy = with_entropy
         return logp, entropy
@@ -65,9 +64,8 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         grad = -probs * grad_logp.unsqueeze(-1)
         grad.scatter_add_(-1, local_t.unsqueeze(-1), (in_range * grad_logp).unsqueeze(-1))
         if ctx.with_entropy and grad_entropy is not None:
-            # d H / d z_v = -p_v (log p_v + H)
-            log_p = torch.where(probs > 0, probs.log(), torch.zeros_like(probs))
-            grad -= probs * (log_p + entropy.unsqueeze(-1)) * grad_entropy.unsqueeze(-1)
+            # d H / d z_v = -p_v (log p_v + H); xlogy gives 0 log 0 = 0 on padded columns
+            grad -= (torch.special.xlogy(probs, probs) + probs * entropy.unsqueeze(-1)) * grad_entropy.unsqueeze(-1)
         return grad, None, None, None, None
 
 
