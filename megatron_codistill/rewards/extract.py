@@ -13,6 +13,13 @@ BOX_COMMANDS = ("\\boxed", "\\fbox")
 _BOX = re.compile("|".join(re.escape(c) for c in BOX_COMMANDS) + r"(?![A-Za-z])")
 _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+_NUMBER_THEN_WORDS = re.compile(r"^(\$?\s*[-+]?[\d,]*\.?\d+)\s+[A-Za-z][A-Za-z ]*$")
+
+
+def _drop_unit_words(answer: str) -> str:
+    """Plain-text answers: `18 dollars` -> `18` (math-verify reads the words as variables)."""
+    m = _NUMBER_THEN_WORDS.match(answer)
+    return m.group(1) if m else answer
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ def gsm8k_answer(text: str) -> str | None:
     if pos < 0:
         return None
     answer = text[pos + 4 :].split("\n", 1)[0].strip()
-    return answer or None
+    return _drop_unit_words(answer) if answer else None
 
 
 def answer_is(text: str) -> str | None:
@@ -100,7 +107,7 @@ def answer_is(text: str) -> str | None:
     rest = text[last.end() :].lstrip(" :")
     end = _SENTENCE_END.search(rest)
     answer = (rest[: end.start()] if end else rest).strip()
-    return answer or None
+    return _drop_unit_words(answer) if answer else None
 
 
 def extract_answer(text: str) -> Extraction:

@@ -6,7 +6,8 @@ Known traps (each checked in tests/rewards/test_normalize.py):
 - thousands separators: `70,000`, `1{,}000`, `1,\\!000`, `1\\,000` are one number, not a set.
 - a dangling decimal point: `-1./3` parses as -1; we drop the point (`-1/3`).
 - NumPy spellings such as `np.arcsin(x)` become `\\arcsin(x)`.
-- dollar signs of currency and of math mode, `\\(..\\)`, a final period.
+- dollar signs of currency and of math mode, `\\(..\\)`, a final period, a final percent sign
+  (MATH golds say `20` where answers say `20\\%`; math-verify reads the latter as 0.2).
 `x = 5` against `5` is left to math-verify, which accepts an assignment whose right side matches.
 """
 
@@ -50,6 +51,7 @@ def normalize_answer(answer: str) -> str:
     """Apply every rewrite above to one extracted answer (a gold or a prediction)."""
     s = _strip_delimiters(answer)
     s = s.replace("\\$", "").replace("$", " ").strip()
+    s = re.sub(r"\s*(?:\\%|%|\\text\{\s*\\?%\s*\})$", "", s)
     s = _LATEX_THOUSANDS.sub(r"\1", s)
     if _THOUSANDS.match(s):
         s = s.replace(",", "")

@@ -80,7 +80,8 @@ class VerifierPool:
         self.restarts = 0
         """Workers killed and replaced so far (one per answer that ran past its deadline or crashed)."""
         self._failed_starts = 0
-        self._finalizer = weakref.finalize(self, shutdown, self._workers, self._pid)
+        self._dying: list[VerifierProcess] = []  # killed, not yet collected
+        self._finalizer = weakref.finalize(self, shutdown, self._workers, self._dying, self._pid)
 
     def __enter__(self) -> VerifierPool:
         return self
@@ -139,6 +140,7 @@ class VerifierPool:
             raise
 
     def _loop(self, pending: _Queue, busy: dict, done, wait_ready_s: float | None) -> None:
+        self._dying[:] = [w for w in self._dying if not w.reaped()]
         start = time.monotonic()
         while pending or busy or (wait_ready_s is not None and not all(w.ready for w in self._workers)):
             for slot, w in enumerate(self._workers):
@@ -179,7 +181,8 @@ class VerifierPool:
                 raise RuntimeError(f"verifier workers keep dying at start-up (exit code {w.proc.poll()})")
         if w in busy:
             done(busy.pop(w)[0], RewardResult(0.0, reason))
-        w.kill()
+        w.kill(wait=False)
+        self._dying.append(w)
         self._workers[self._workers.index(w)] = VerifierProcess(self.verify_fn)
         self.restarts += 1
         logger.debug("verifier worker %d replaced (%s)", w.pid, reason)

@@ -38,23 +38,34 @@ class VerifierProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def kill(self) -> None:
+    def kill(self, wait: bool = True) -> None:
+        """SIGKILL; with wait=False return at once (the exit of a process that holds gigabytes can
+        take seconds) and leave the reaping to `reaped()` or `shutdown`."""
         if self.proc.poll() is None:
             self.proc.kill()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            logger.warning("verifier worker %d did not die within 5 s of SIGKILL", self.proc.pid)
         self.conn.close()
+        if wait:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                logger.warning("verifier worker %d did not die within 5 s of SIGKILL", self.proc.pid)
+
+    def reaped(self) -> bool:
+        """Whether the process has exited and been collected (non-blocking)."""
+        return self.proc.poll() is not None
 
 
-def shutdown(workers: list[VerifierProcess], owner_pid: int) -> None:
-    """Ask every worker to exit, then kill stragglers. Idempotent; also runs at interpreter exit.
+def shutdown(workers: list[VerifierProcess], dying: list[VerifierProcess], owner_pid: int) -> None:
+    """Ask every worker to exit, then kill stragglers, and collect the killed ones (`dying`).
+    Idempotent; also runs at interpreter exit.
 
     Only the process that started them may: a forked child exiting must not stop its parent's pool.
     """
     if os.getpid() != owner_pid:
         return
+    for w in dying:
+        w.kill()
+    dying.clear()
     for w in workers:
         try:
             w.conn.send(None)

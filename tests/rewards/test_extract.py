@@ -53,6 +53,9 @@ def test_markers():
         ("\\boxed{8} #### 9", "8", "boxed"),
         ("#### 9\nThe answer is 10.", "9", "gsm8k"),
         ("Therefore the answer is 10.", "10", "answer_is"),
+        ("So the answer is 18 dollars.", "18", "answer_is"),  # plain-text unit words dropped
+        ("work\n#### 1,200 eggs", "1,200", "gsm8k"),
+        ("The answer is x = 5.", "x = 5", "answer_is"),
         ("I give up", None, "none"),
     ],
 )

@@ -18,6 +18,8 @@ from megatron_codistill.rewards.numeric import compare_plain, parse_number
         ("1{,}000", "1000"),
         ("1,\\!000", "1000"),
         ("\\$18.", "18"),
+        ("20\\%", "20"),
+        ("20 \\text{\\%}", "20"),
         ("-1./3", "-1/3"),
         ("np.arcsin(10/13)", "\\arcsin(10/13)"),
         ("\\(x=5\\)", "x=5"),

@@ -16,6 +16,8 @@ POLAR = "\\left( 3, \\frac{\\pi}{2} \\right)"
         ("\\boxed{5}", "x=5", "correct"),
         ("\\boxed{y=6}", "5", "wrong"),
         ("#### 1,234", "1234", "correct"),
+        ("\\boxed{20\\%}", "20", "correct"),
+        ("The answer is 18 dollars.", "18", "correct"),
         ("The answer is $18.", "He earns 9 * 2 = $18\n#### 18", "correct"),  # a GSM8K solution as reference
         ("<answer>\\left( 3, \\frac{\\pi}{2} \\right)</answer>", POLAR, "correct"),
         ("<answer>(3, \\pi/2)</answer>", POLAR, "correct"),
