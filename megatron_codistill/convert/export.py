@@ -27,14 +27,16 @@ def export_hf_weights(model, arch: ModelArch, *, tp_group, pp_group, bucket_byte
 
     A bucket closes once it holds at least `bucket_bytes` (a tensor is never split; a larger one
     makes a bucket of its own), the last one may be smaller. Tensors are unpadded (true vocab) and
-    in `dtype` (default: the model's). With TP = PP = 1 they may alias the model's parameters:
+    in `dtype` (default: the model's params_dtype). With TP = PP = 1 they may alias the model's parameters:
     copy what must outlive the next optimizer step. Tied embeddings export no lm_head.
     """
     model = unwrap_model(model)
     tp_rank, tp = group_rank_size(tp_group)
     pp_rank, pp = group_rank_size(pp_group)
     mine = {e.mcore: p for p, e in local_entries(model, arch, tp) if e.rule.exported}
-    dtype = dtype or next(iter(mine.values())).dtype
+    # One dtype on every rank (receivers allocate before data arrives); Megatron's local-spec norms
+    # stay fp32 in a bf16 model, so the parameter dtypes themselves may differ between stages.
+    dtype = dtype or model.config.params_dtype
     stage = (layer_offset(model), len(model.decoder.layers), model.pre_process, model.post_process)
     stages = [stage] * pp
     if pp > 1:  # every rank learns which layers each stage holds (uneven splits included)

@@ -155,7 +155,7 @@ def save_mcore_checkpoint(model, arch: ModelArch, out_dir: str, *, tp_group=None
     tp_rank, tp = group_rank_size(tp_group)
     dp_rank, dp = group_rank_size(dp_group)
     pairs = [(p, e) for p, e in local_entries(model, arch, tp) if e.rule.exported]
-    dtype = pairs[0][0].dtype
+    dtype = unwrap_model(model).config.params_dtype
     rank = dist.get_rank() if dist.is_initialized() else 0
     with process_group():
         box = [None]

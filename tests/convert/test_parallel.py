@@ -4,7 +4,8 @@ Two tiny models cover the mapping's cases: Qwen2 (QKV bias, untied lm_head, GQA 
 padded to 384 / 512) and Llama (tied embeddings, llama3 RoPE scaling, GQA 4:2). One 2-rank job
 (spawning ranks costs seconds) runs TP=2, then PP=2, then TP=1 (DP=2) and checks, for both:
 - load_hf_into_model -> logits == transformers' logits on the same tokens (fp32, <= 1e-4);
-- export_hf_weights -> exactly the tensors of the HF checkpoint, in buckets of the asked size;
+- export_hf_weights -> exactly the tensors of the HF checkpoint, in buckets of the asked size
+  (and, from a bf16 model, exactly those tensors in bf16);
 - load_mcore_into_model from the converted checkpoint -> the same parameters, bit for bit;
 - Megatron's own GPTModel.sharded_state_dict() loads the converted checkpoint, and what it saves
   converts back to HF bit for bit (the format is Megatron's, not a look-alike);
@@ -87,6 +88,13 @@ def _run_layout(tp: int, pp: int, checkpoints: dict, save_tp2: bool) -> dict:
                                 if n in exported and not torch.equal(exported[n], expected[n])]
         r["bucket_sizes"] = _bucket_sizes(buckets)
         params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        # bf16 model: Megatron keeps local-spec norms in fp32, the export still agrees on one dtype
+        half = build_gpt_model(arch, pg_collection=large.pg_collection, pre_process=large.is_first_stage,
+                               post_process=large.is_last_stage, params_dtype=torch.bfloat16)
+        load_hf_into_model(half, arch, paths["hf"], tp_group=large.tp_group)
+        got = {n: t.clone() for b in export_hf_weights(half, arch, tp_group=large.tp_group,
+                                                       pp_group=large.pp_group) for n, t in b}
+        r["bf16_export_mismatch"] = [n for n in expected if not torch.equal(got[n], expected[n].bfloat16())]
         if large.is_first_stage:
             emb = model.embedding.word_embeddings.weight
             pad = emb[max(arch.vocab_size - large.tp_rank * emb.shape[0], 0):]
@@ -144,6 +152,7 @@ def _check(results: list[dict]) -> None:
             assert len(sizes) > 1, where
             assert all(sum(b) >= BUCKET and sum(b[:-1]) < BUCKET for b in sizes[:-1]), where
             assert r.get("padded_rows", (0, 0.0))[1] == 0.0, where
+            assert r["bf16_export_mismatch"] == [], where
             for source in ("mcore", "tp2"):
                 assert r[f"{source}_param_diff"] == 0.0, (where, source)
                 assert r[f"{source}_logits"] <= TOL, (where, source)
