@@ -28,7 +28,8 @@ def train_step(model, optimizer, layout, tokens: torch.Tensor, loss_fn, *, micro
                scheduler=None, with_entropy: bool = False) -> dict:
     """Forward + backward over micro-batches (1F1B when PP > 1), DP grad sync, clipped step.
 
-    model / optimizer / scheduler: from `build_optimizer`; tokens: [B, T] int64.
+    model / optimizer / scheduler: from `build_optimizer` (model is the DDP wrapper); tokens: [B, T]
+    int64 (moved to the model's device). A loss_fn metric named "loss" is replaced by the batch loss.
     Returns, identical on every rank: "loss" (sum of the micro-batch losses = batch loss),
     each loss_fn metric (mean over micro-batches), both averaged over DP replicas; "grad_norm"
     (global norm before clipping), "lr" (used by this step), "update_ok" (1.0 unless a loss
@@ -45,7 +46,7 @@ def train_step(model, optimizer, layout, tokens: torch.Tensor, loss_fn, *, micro
     def collect(result, rows):
         loss, metrics = loss_fn(result[0], result[1], rows)
         metrics = {k: torch.as_tensor(v, dtype=torch.float32).detach() for k, v in metrics.items()}
-        return loss, {"loss": loss.detach().float(), **metrics}
+        return loss, {**metrics, "loss": loss.detach().float()}
 
     outputs = run_schedule(model, layout, tokens, step, collect, micro_batch_size=micro_batch_size,
                            forward_only=False)
