@@ -66,7 +66,7 @@ class ModelConfig:
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Parameter dtype. bf16/fp16 keep fp32 master weights in the optimizer."""
     fp8: str | None = None
-    """Transformer Engine FP8 recipe ("delayed", "tensorwise", "mxfp8", "blockwise"); needs TE + a GPU."""
+    """Transformer Engine FP8 format ("e4m3" or "hybrid"); needs Transformer Engine and a GPU."""
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
     """Layer implementation; auto = Transformer Engine when it and CUDA are present, else local."""
     micro_batch_size: int = 8

@@ -49,11 +49,12 @@ class Run:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def sync_weights(self, step: int) -> None:
-        """Push the generator's weights to the rollout engine (collective)."""
-        sync_engine(self.engine, self.policies[self.generator], self.cfg.rollout, version=step,
-                    run_dir=self.cfg.run.dir)
+    def sync_weights(self, step: int) -> dict[str, float]:
+        """Push the generator's weights to the rollout engine (collective); sync metrics."""
+        metrics = sync_engine(self.engine, self.policies[self.generator], self.cfg.rollout, version=step,
+                              run_dir=self.cfg.run.dir)
         self.engine_version = step
+        return metrics
 
 
 def seed_everything(seed: int, rank: int) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from megatron_codistill.config import Config, RolloutConfig
+from megatron_codistill.rollout import weight_sync as ws
 from megatron_codistill.rollout.base import RolloutEngine
 
 
@@ -47,31 +49,42 @@ def _pad_id(cfg: Config) -> int:
     return load_tokenizer(cfg).pad_token_id
 
 
-def strategy_of(engine: RolloutEngine, r: RolloutConfig) -> str:
+def strategy_of(r: RolloutConfig) -> str:
     if r.weight_sync != "auto":
         return r.weight_sync
     return "direct" if r.engine == "embedded" else "disk"
 
 
-def sync_engine(engine: RolloutEngine, policy, r: RolloutConfig, *, version: int, run_dir: str = ".") -> None:
-    """Send `policy`'s weights to `engine` (collective over all ranks)."""
-    strategy = strategy_of(engine, r)
-    bucket = int(r.bucket_mb * 2**20)
-    if strategy == "direct":
-        engine.update_weights((kv for b in policy.export_hf(bucket) for kv in b), version)
-        return
-    if strategy == "disk":
-        out = Path(r.sync_dir or Path(run_dir) / "weight_sync") / f"v{version:06d}"
-        policy.save_hf(out, tokenizer_dir=None)
-        if dist.get_rank() == 0:
-            engine.update_weights_from_disk(str(out), version)
-        else:
-            engine._set_version(version)
-        dist.barrier()
-        return
-    if strategy == "nccl":
-        from megatron_codistill.rollout.weight_sync import nccl_sync
+def sync_engine(engine: RolloutEngine, policy, r: RolloutConfig, *, version: int, run_dir: str = ".") -> dict:
+    """Send `policy`'s weights to `engine` (collective over all ranks); returns sync metrics.
 
-        nccl_sync(engine, policy.export_hf(bucket), version, is_source=dist.get_rank() == 0)
-        return
-    raise ValueError(f"rollout.weight_sync {strategy!r} is not valid; valid: auto, direct, disk, nccl")
+    With `rollout.verify_sync`, the engine then scores a fixed probe batch and must agree with the
+    trainer's log-probs within `rollout.verify_atol` (WeightSyncMismatch otherwise).
+    """
+    strategy = strategy_of(r)
+    buckets = policy.export_hf(int(r.bucket_mb * 2**20))
+    source = not dist.is_initialized() or dist.get_rank() == 0
+    stats = None
+    if strategy == "direct":
+        stats = ws.sync_weights(engine, buckets, version, "direct")
+    elif strategy == "disk":
+        root = Path(r.sync_dir or Path(run_dir) / "weight_sync")
+        if source:
+            stats = ws.DiskSync(root, hf_config=policy.arch.to_hf_config()).sync(engine, buckets, version)
+        else:
+            for _ in buckets:
+                pass
+            engine._set_version(version)
+        if dist.is_initialized():
+            dist.barrier()
+    elif strategy == "nccl":
+        stats = ws.nccl_sync(engine, buckets, version, is_source=source)
+    else:
+        raise ValueError(f"rollout.weight_sync {strategy!r} is not valid; valid: auto, direct, disk, nccl")
+    metrics = stats.metrics() if stats is not None else {}
+    if r.verify_sync:
+        probe = ws.probe_tokens(policy.arch.vocab_size)
+        trainer_lp = policy.logprobs(torch.tensor(probe))  # collective
+        if source or strategy == "direct":
+            metrics.update(ws.verify_sync(engine, probe, trainer_lp, atol=r.verify_atol, version=version))
+    return metrics

@@ -49,7 +49,7 @@ def rl_step(run, step: int) -> dict[str, float]:
         with timer("update_large"):
             metrics.update(update(run, "large", batch, task, scores))
     with timer("sync"):
-        run.sync_weights(step)
+        metrics.update(run.sync_weights(step))
     metrics.update(scores.pop("metrics"))
     metrics.update(timer.metrics())
     metrics["perf/tokens_per_s"] = float(batch.response_lengths.sum()) / max(metrics["time/step"], 1e-9)

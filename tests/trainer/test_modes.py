@@ -15,7 +15,7 @@ def rows(run_dir):
 @pytest.mark.parametrize(
     "mode, extra",
     [
-        ("codistill", []),
+        ("codistill", ["rollout.verify_sync=true", "rollout.verify_atol=1e-4"]),
         ("grpo", ["algorithm.grpo_model=small"]),
         ("grpo", ["algorithm.grpo_model=large"]),
         ("opd", []),
@@ -52,3 +52,5 @@ def test_mode_runs_two_steps(mode, extra, tiny_overrides, tmp_path):
         assert last["small/reward/task_mean"] == 0.0
     if mode == "codistill":
         assert 0 < last["large/is/ess"] <= 1 and last["large/is/weight_max"] <= 2.0
+        # after every sync the engine scored a probe batch like the trainer (else the run would stop)
+        assert last["rollout/sync_probe_logprob_diff_max"] <= 1e-4 and last["rollout/sync_mb"] > 0
