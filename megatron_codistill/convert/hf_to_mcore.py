@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from megatron_codistill.convert.errors import CheckpointError
 from megatron_codistill.convert.layouts import DictReader
-from megatron_codistill.convert.mapping import check_tensor_set, entries, expected_hf_tensors
+from megatron_codistill.convert.mapping import check_tensor_set, entries, expected_hf_tensors, hf_weights
 from megatron_codistill.convert.mcore_ckpt import (
     checkpoint_meta,
     process_group,
@@ -46,7 +46,7 @@ def validate_hf_dir(hf_dir: str, tp: int = 1, pp: int = 1) -> tuple[ModelArch, S
     arch = ModelArch.from_hf_config(hf_dir)  # names an unsupported architecture and lists the supported
     arch.validate_layout(tp, pp)
     src = SafetensorsDir(hf_dir)
-    check_tensor_set(src.shapes(), expected_hf_tensors(arch), hf_dir)
+    check_tensor_set(hf_weights(src.shapes()), expected_hf_tensors(arch), hf_dir)
     return arch, src
 
 
@@ -71,6 +71,8 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1,
     with atomic_dir(out_dir, overwrite) as tmp, process_group():
         for file in src.files:  # shard by shard, in file order
             for name in src.names_in(file):
+                if name not in owner:  # an ignored buffer (validated above)
+                    continue
                 pending[name] = src.read(name)
                 key = owner[name]
                 if all(n in pending for n in key):

@@ -146,6 +146,16 @@ def entry_for_param(arch: ModelArch, name: str, layer_offset: int) -> Entry:
                           f"known names: {known}")
 
 
+# Buffers some HF checkpoints carry that are derived from the config, not weights (older Llama
+# exports saved RoPE inverse frequencies); transformers itself ignores them on load.
+IGNORED_HF = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+
+
+def hf_weights(found: dict[str, Shape]) -> dict[str, Shape]:
+    """The tensors of a HF checkpoint that are weights (drops `IGNORED_HF` buffers)."""
+    return {n: s for n, s in found.items() if not IGNORED_HF.match(n)}
+
+
 def expected_hf_tensors(arch: ModelArch) -> dict[str, Shape]:
     """Every tensor name -> shape a HF checkpoint of `arch` holds (tied models have no lm_head)."""
     return {n: s for e in entries(arch) for n, s in zip(e.hf, e.hf_shapes)}

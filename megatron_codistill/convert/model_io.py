@@ -20,6 +20,7 @@ from megatron_codistill.convert.mapping import (
     entries,
     entry_for_param,
     expected_hf_tensors,
+    hf_weights,
     mcore_shape,
 )
 from megatron_codistill.convert.mcore_ckpt import (
@@ -102,7 +103,7 @@ def load_hf_into_model(model, arch: ModelArch, hf_dir: str, *, tp_group=None) ->
         if diff:
             raise CheckpointError(f"{hf_dir}/config.json does not describe the model being loaded: {diff}")
     src = SafetensorsDir(hf_dir)
-    check_tensor_set(src.shapes(), expected_hf_tensors(arch), hf_dir)
+    check_tensor_set(hf_weights(src.shapes()), expected_hf_tensors(arch), hf_dir)
     for param, entry in local_entries(model, arch, tp):
         param.copy_(entry.layout.local_from_hf(src, entry.hf, arch, tp_rank, tp))
     src.close()

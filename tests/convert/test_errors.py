@@ -79,12 +79,20 @@ def test_unsupported_architecture_is_named_with_the_supported_ones(hf, tmp_path)
 def test_missing_and_unexpected_tensors_are_listed(hf, tmp_path):
     def change(t):
         del t["model.layers.1.mlp.up_proj.weight"]
-        t["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+        t["model.layers.0.mlp.gate_proj.bias"] = torch.ones(96)
 
     _rewrite_shard(hf, "model.layers.1.mlp.up_proj.weight", change)
     _refused(tmp_path, convert_hf_to_mcore, hf,
              r"missing \['model.layers.1.mlp.up_proj.weight'\]; "
-             r"unexpected \['model.layers.0.self_attn.rotary_emb")
+             r"unexpected \['model.layers.0.mlp.gate_proj.bias'\]")
+
+
+def test_rope_buffers_of_older_llama_exports_are_ignored(hf, tmp_path):
+    """Like transformers: `rotary_emb.inv_freq` is derived from the config, not a weight."""
+    _rewrite_shard(hf, "model.layers.0.self_attn.q_proj.weight",
+                   lambda t: t.update({"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(8)}))
+    out = convert_hf_to_mcore(str(hf), str(tmp_path / "out"))
+    assert os.path.isfile(os.path.join(out, MARKER))
 
 
 def test_config_that_does_not_match_the_weights_is_a_shape_mismatch(hf, tmp_path):

@@ -9,6 +9,7 @@ padded to 384 / 512) and Llama (tied embeddings, llama3 RoPE scaling, GQA 4:2). 
 - load_mcore_into_model from the converted checkpoint -> the same parameters, bit for bit;
 - Megatron's own GPTModel.sharded_state_dict() loads the converted checkpoint, and what it saves
   converts back to HF bit for bit (the format is Megatron's, not a look-alike);
+- loads into a model of another architecture (or TP) are refused, naming the difference;
 - TP=2 saves with save_mcore_checkpoint; TP=2, PP=2 and TP=1 load that checkpoint (resharding)
   into the same parameters, and mcore-to-hf turns it back into the original HF tensors bit for bit.
 """
@@ -134,10 +135,38 @@ def _megatron_native(model, fresh, paths: dict, large, params: dict) -> float:
     return max((p.detach() - params[n]).abs().max().item() for n, p in fresh.named_parameters())
 
 
+def _mismatches(checkpoints: dict) -> list[str]:
+    """Messages of loads into a model (Qwen2 architecture, TP=2) of something else."""
+    from megatron_codistill.convert import CheckpointError
+    from megatron_codistill.models.arch import ModelArch
+    from megatron_codistill.models.provider import build_gpt_model
+    from megatron_codistill.parallel.layout import build_layouts
+
+    large, _ = build_layouts(tp=2, pp=1)
+    qwen, llama = (ModelArch.from_hf_config(checkpoints[n]["hf"]) for n in ("qwen2", "llama"))
+    model = build_gpt_model(qwen, pg_collection=large.pg_collection, pre_process=True, post_process=True)
+    attempts = [
+        lambda: load_hf_into_model(model, llama, checkpoints["qwen2"]["hf"], tp_group=large.tp_group),
+        lambda: load_hf_into_model(model, llama, checkpoints["llama"]["hf"], tp_group=large.tp_group),
+        lambda: load_mcore_into_model(model, llama, checkpoints["qwen2"]["mcore"], tp_group=large.tp_group),
+        lambda: load_hf_into_model(model, qwen, checkpoints["qwen2"]["hf"], tp_group=None),  # TP=1 shapes
+    ]
+    messages = []
+    for attempt in attempts:
+        try:
+            attempt()
+            messages.append("loaded")
+        except CheckpointError as err:
+            messages.append(str(err))
+    return messages
+
+
 def _worker(checkpoints: dict) -> dict:
     """TP=2 first (it saves the checkpoint the others load), then PP=2, then TP=1 (DP=2)."""
-    return {layout: _run_layout(tp, pp, checkpoints, save_tp2=layout == "tp2")
-            for layout, (tp, pp) in {"tp2": (2, 1), "pp2": (1, 2), "tp1": (1, 1)}.items()}
+    out = {layout: _run_layout(tp, pp, checkpoints, save_tp2=layout == "tp2")
+           for layout, (tp, pp) in {"tp2": (2, 1), "pp2": (1, 2), "tp1": (1, 1)}.items()}
+    out["mismatches"] = _mismatches(checkpoints)
+    return out
 
 
 def _check(results: list[dict]) -> None:
@@ -166,6 +195,15 @@ def results(checkpoints):
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "tp1"])
 def test_layout_matches_hf_exports_and_loads_both_checkpoints(results, layout):
     _check([r[layout] for r in results])
+
+
+def test_loading_into_a_model_of_another_architecture_is_refused(results):
+    config, model_vs_arch, ckpt, shapes = results[0]["mismatches"]
+    assert "config.json does not describe the model being loaded" in config and "family: 'qwen2' != 'llama'" in config
+    assert "linear_qkv.bias' has no mapping for family 'llama'" in model_vs_arch
+    assert "holds another architecture" in ckpt
+    assert "shape mismatch between model (TP=1) and architecture" in shapes
+    assert "linear_qkv.weight: expected [128, 64], found [64, 64]" in shapes
 
 
 def test_vocab_padding_is_exercised(results):
