@@ -16,10 +16,12 @@ from megatron_codistill.convert.errors import CheckpointError
 from megatron_codistill.convert.layouts import DictReader
 from megatron_codistill.convert.mapping import check_tensor_set, entries, expected_hf_tensors, hf_weights
 from megatron_codistill.convert.mcore_ckpt import (
-    checkpoint_meta,
     process_group,
     save_sharded,
     sharded_tensors,
+)
+from megatron_codistill.convert.mcore_meta import (
+    checkpoint_meta,
 )
 from megatron_codistill.convert.output_dir import (
     HF_FILES,

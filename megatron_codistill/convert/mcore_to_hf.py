@@ -17,14 +17,16 @@ import torch.distributed as dist
 from megatron_codistill.convert.errors import CheckpointError
 from megatron_codistill.convert.mapping import entries
 from megatron_codistill.convert.mcore_ckpt import (
-    arch_difference,
-    arch_from_meta,
-    check_checkpoint_tensors,
-    check_storage,
     gather_loaded,
     load_sharded,
     process_group,
     sharded_tensors,
+)
+from megatron_codistill.convert.mcore_meta import (
+    arch_difference,
+    arch_from_meta,
+    check_checkpoint_tensors,
+    check_storage,
 )
 from megatron_codistill.convert.output_dir import (
     HF_FILES,

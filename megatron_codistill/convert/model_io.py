@@ -24,16 +24,18 @@ from megatron_codistill.convert.mapping import (
     mcore_shape,
 )
 from megatron_codistill.convert.mcore_ckpt import (
-    arch_difference,
-    arch_from_meta,
-    check_checkpoint_tensors,
-    check_storage,
-    checkpoint_meta,
     gather_loaded,
     load_sharded,
     process_group,
     save_sharded,
     sharded_tensors,
+)
+from megatron_codistill.convert.mcore_meta import (
+    arch_difference,
+    arch_from_meta,
+    check_checkpoint_tensors,
+    check_storage,
+    checkpoint_meta,
 )
 from megatron_codistill.convert.output_dir import (
     HF_FILES,

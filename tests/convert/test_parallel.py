@@ -223,7 +223,7 @@ def test_tp2_checkpoint_back_to_hf_is_bit_exact(results, checkpoints, tmp_path):
 def test_megatron_own_sharded_state_dict_reads_and_writes_the_format(results, checkpoints, tmp_path):
     """GPTModel.sharded_state_dict() (TP=2) loaded the converted checkpoint into the same parameters;
     what Megatron itself saved (with a marker added) converts back to the original HF tensors."""
-    from megatron_codistill.convert.mcore_ckpt import checkpoint_meta
+    from megatron_codistill.convert.mcore_meta import checkpoint_meta
     from megatron_codistill.convert.output_dir import write_marker
     from megatron_codistill.models.arch import ModelArch
 
