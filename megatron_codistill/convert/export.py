@@ -37,6 +37,7 @@ def export_hf_weights(model, arch: ModelArch, *, tp_group, pp_group, bucket_byte
     # One dtype on every rank (receivers allocate before data arrives); Megatron's local-spec norms
     # stay fp32 in a bf16 model, so the parameter dtypes themselves may differ between stages.
     dtype = dtype or model.config.params_dtype
+    device = next(iter(mine.values())).device  # receivers allocate where the collectives run (GPU: NCCL)
     stage = (layer_offset(model), len(model.decoder.layers), model.pre_process, model.post_process)
     stages = [stage] * pp
     if pp > 1:  # every rank learns which layers each stage holds (uneven splits included)
@@ -52,7 +53,7 @@ def export_hf_weights(model, arch: ModelArch, *, tp_group, pp_group, bucket_byte
                     dist.all_gather(shards, local.contiguous(), group=tp_group)
                 full = entry.layout.merge(shards, arch).to(dtype)
             else:
-                full = torch.empty(mcore_shape(entry, arch, tp), dtype=dtype)
+                full = torch.empty(mcore_shape(entry, arch, tp), dtype=dtype, device=device)
             if pp > 1:
                 dist.broadcast(full, src=dist.get_global_rank(pp_group, owner), group=pp_group)
             for name, tensor in zip(entry.hf, entry.layout.to_hf(full, arch)):
