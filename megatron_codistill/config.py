@@ -172,9 +172,9 @@ class WarmStartConfig:
     large_steps: int = 0
     """Supervised steps of the large model (0 skips it)."""
     small_lr: float = 3e-3
-    """Learning rate of the small model's warm start."""
+    """Peak learning rate of the small model's warm start (cosine decay to 0)."""
     large_lr: float = 3e-3
-    """Learning rate of the large model's warm start."""
+    """Peak learning rate of the large model's warm start (cosine decay to 0)."""
     batch_size: int = 64
     """Sequences per warm-start step (split over data-parallel ranks)."""
     solution_field: str = "solution"

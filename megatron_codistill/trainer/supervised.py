@@ -9,6 +9,7 @@ phase checkpoints and resumes like RL.
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -68,7 +69,7 @@ def warm_start(run) -> bool:
         if not steps or policy is None or not policy.trainable:
             continue
         for i in range(steps):
-            policy.set_lr(lr)
+            policy.set_lr(lr * 0.5 * (1 + math.cos(math.pi * i / steps)))  # cosine to 0
             seed = (run.cfg.run.seed * 7919 + i) * 1009 + run.rank
             metrics = sft_update(run, [name], gold_pairs(run, per_rank, seed), per_rank)
             if i % 50 == 0 or i == steps - 1:
