@@ -15,21 +15,9 @@ import torch.distributed as dist
 from megatron_codistill.convert.errors import CheckpointError
 from megatron_codistill.convert.layouts import DictReader
 from megatron_codistill.convert.mapping import check_tensor_set, entries, expected_hf_tensors, hf_weights
-from megatron_codistill.convert.mcore_ckpt import (
-    process_group,
-    save_sharded,
-    sharded_tensors,
-)
-from megatron_codistill.convert.mcore_meta import (
-    checkpoint_meta,
-)
-from megatron_codistill.convert.output_dir import (
-    HF_FILES,
-    atomic_dir,
-    check_output_dir,
-    copy_side_files,
-    write_marker,
-)
+from megatron_codistill.convert.mcore_ckpt import process_group, save_sharded, sharded_tensors
+from megatron_codistill.convert.mcore_meta import checkpoint_meta
+from megatron_codistill.convert.output_dir import HF_FILES, atomic_dir, copy_side_files, write_marker
 from megatron_codistill.convert.safetensors_io import SafetensorsDir
 from megatron_codistill.models.arch import ModelArch
 
@@ -37,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def source_dtype(src: SafetensorsDir, where: str) -> torch.dtype:
+    """The one dtype of every tensor in `src` (CheckpointError if they differ)."""
     dtypes = sorted({str(t.dtype) for t in src.tensors.values()})
     if len(dtypes) != 1:
         raise CheckpointError(f"{where}: tensors have several dtypes {dtypes}; choose one with --dtype")
@@ -66,7 +55,6 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, tp: int = 1, pp: int = 1,
                               "call it outside a multi-rank job")
     arch, src = validate_hf_dir(hf_dir, tp, pp)
     dtype = dtype or source_dtype(src, hf_dir)
-    check_output_dir(out_dir, overwrite)
     wanted = {e.hf: e for e in entries(arch)}
     owner = {name: key for key in wanted for name in key}
     state, pending = {}, {}

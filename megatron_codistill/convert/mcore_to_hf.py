@@ -16,26 +16,14 @@ import torch.distributed as dist
 
 from megatron_codistill.convert.errors import CheckpointError
 from megatron_codistill.convert.mapping import entries
-from megatron_codistill.convert.mcore_ckpt import (
-    gather_loaded,
-    load_sharded,
-    process_group,
-    sharded_tensors,
-)
+from megatron_codistill.convert.mcore_ckpt import gather_loaded, load_sharded, process_group, sharded_tensors
 from megatron_codistill.convert.mcore_meta import (
     arch_difference,
     arch_from_meta,
     check_checkpoint_tensors,
     check_storage,
 )
-from megatron_codistill.convert.output_dir import (
-    HF_FILES,
-    atomic_dir,
-    check_output_dir,
-    copy_side_files,
-    read_marker,
-    write_marker,
-)
+from megatron_codistill.convert.output_dir import HF_FILES, atomic_dir, copy_side_files, read_marker, write_marker
 from megatron_codistill.convert.safetensors_io import ShardWriter, plan_shards
 from megatron_codistill.models.arch import ModelArch
 
@@ -73,7 +61,6 @@ def convert_mcore_to_hf(mcore_dir: str, out_dir: str, *, overwrite: bool = False
                               "call it outside a multi-rank job")
     arch, dtype = validate_mcore_dir(mcore_dir)
     config = _hf_config(mcore_dir, arch, dtype)
-    check_output_dir(out_dir, overwrite)
     todo = entries(arch)
     specs = {n: (s, dtype) for e in todo for n, s in zip(e.hf, e.hf_shapes)}
     sizes = [(n, math.prod(s) * dtype.itemsize) for n, (s, _) in specs.items()]

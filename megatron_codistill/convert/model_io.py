@@ -52,7 +52,7 @@ from megatron_codistill.models.arch import ModelArch
 
 def unwrap_model(model):
     """The GPTModel inside DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):  # DDP / Float16Module wrappers
+    while hasattr(model, "module"):
         model = model.module
     return model
 
@@ -111,6 +111,17 @@ def load_hf_into_model(model, arch: ModelArch, hf_dir: str, *, tp_group=None) ->
     src.close()
 
 
+def agree(error: str | None, group=None) -> None:
+    """Raise on every rank of `group` (default: all) if any rank found an error: a rank that raised
+    alone would leave the others waiting in the next collective."""
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        errors = [None] * dist.get_world_size(group)
+        dist.all_gather_object(errors, error, group=group)
+        error = "; ".join(dict.fromkeys(e for e in errors if e)) or None
+    if error:
+        raise CheckpointError(error)
+
+
 def _check_mcore(ckpt_dir: str, arch: ModelArch) -> dict:
     meta = read_marker(ckpt_dir)
     ckpt_arch, _ = arch_from_meta(meta, ckpt_dir)
@@ -131,8 +142,12 @@ def load_mcore_into_model(model, arch: ModelArch, ckpt_dir: str, *, tp_group=Non
     the slices of its own parameters; padded vocab rows are zero.
     """
     tp_rank, tp = group_rank_size(tp_group)
-    _check_mcore(ckpt_dir, arch)
-    pairs = local_entries(model, arch, tp)
+    try:
+        _check_mcore(ckpt_dir, arch)
+        pairs, error = local_entries(model, arch, tp), None
+    except CheckpointError as err:
+        error = str(err)
+    agree(error)
     state = {}
     for param, entry in pairs:  # loaded in place into the parameters' storage
         state.update(sharded_tensors(entry, param.detach(), num_layers=arch.num_layers,
@@ -157,20 +172,25 @@ def save_mcore_checkpoint(model, arch: ModelArch, out_dir: str, *, tp_group=None
     """
     tp_rank, tp = group_rank_size(tp_group)
     dp_rank, dp = group_rank_size(dp_group)
-    pairs = [(p, e) for p, e in local_entries(model, arch, tp) if e.rule.exported]
     dtype = unwrap_model(model).config.params_dtype
     rank = dist.get_rank() if dist.is_initialized() else 0
     with process_group():
-        box = [None]
-        if rank == 0:
-            try:
-                box = [("ok", begin(out_dir, overwrite))]
-            except CheckpointError as err:
-                box = [("error", str(err))]
-        dist.broadcast_object_list(box, src=0)
-        status, tmp = box[0]
-        if status == "error":
-            raise CheckpointError(tmp)
+        tmp, error = None, None
+        try:
+            pairs = [(p, e) for p, e in local_entries(model, arch, tp) if e.rule.exported]
+            if rank == 0:
+                tmp = begin(out_dir, overwrite)
+        except CheckpointError as err:
+            error = str(err)
+        try:
+            agree(error)
+        except CheckpointError:
+            if tmp is not None:
+                abort(tmp)
+            raise
+        box = [tmp]
+        dist.broadcast_object_list(box, src=0)  # every rank writes into rank 0's temporary directory
+        tmp = box[0]
         try:
             state = {}
             for param, entry in pairs:

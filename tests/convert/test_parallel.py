@@ -150,6 +150,8 @@ def _mismatches(checkpoints: dict) -> list[str]:
         lambda: load_hf_into_model(model, llama, checkpoints["llama"]["hf"], tp_group=large.tp_group),
         lambda: load_mcore_into_model(model, llama, checkpoints["qwen2"]["mcore"], tp_group=large.tp_group),
         lambda: load_hf_into_model(model, qwen, checkpoints["qwen2"]["hf"], tp_group=None),  # TP=1 shapes
+        # only rank 0 checks the output directory; every rank must raise, none may wait for the others
+        lambda: save_mcore_checkpoint(model, qwen, checkpoints["qwen2"]["hf"], tp_group=large.tp_group),
     ]
     messages = []
     for attempt in attempts:
@@ -198,12 +200,16 @@ def test_layout_matches_hf_exports_and_loads_both_checkpoints(results, layout):
 
 
 def test_loading_into_a_model_of_another_architecture_is_refused(results):
-    config, model_vs_arch, ckpt, shapes = results[0]["mismatches"]
+    config, model_vs_arch, ckpt, shapes, _ = results[0]["mismatches"]
     assert "config.json does not describe the model being loaded" in config and "family: 'qwen2' != 'llama'" in config
     assert "linear_qkv.bias' has no mapping for family 'llama'" in model_vs_arch
     assert "holds another architecture" in ckpt
     assert "shape mismatch between model (TP=1) and architecture" in shapes
     assert "linear_qkv.weight: expected [128, 64], found [64, 64]" in shapes
+
+
+def test_a_refusal_on_one_rank_is_raised_on_every_rank(results):
+    assert all("already holds files" in r["mismatches"][-1] for r in results)
 
 
 def test_vocab_padding_is_exercised(results):
