@@ -175,7 +175,11 @@ def check_tensor_set(found: dict[str, Shape], expected: dict[str, Shape], where:
 
 
 def stage_layers(num_layers: int, pp: int, pp_rank: int) -> range:
-    """Global layer indices of PP stage `pp_rank` under an even split."""
+    """Global layer indices of PP stage `pp_rank` under the even split models.provider builds.
+
+    Loaders and the exporter read each stage's layers from the live model (`layer_number`), which
+    also covers uneven splits; this is the plan for a layout that does not exist yet.
+    """
     if num_layers % pp:
         raise ValueError(f"pipeline_model_parallel_size={pp} must divide num_layers={num_layers}")
     per = num_layers // pp

@@ -52,7 +52,7 @@ def validate_mcore_dir(mcore_dir: str) -> tuple[ModelArch, torch.dtype]:
 
 
 def convert_mcore_to_hf(mcore_dir: str, out_dir: str, *, overwrite: bool = False,
-                        max_shard_bytes: int = 5 << 30) -> str:
+                        max_shard_bytes: int = 5 * 10**9) -> str:
     """Convert a checkpoint written by `convert_hf_to_mcore` or `save_mcore_checkpoint` into a HF
     directory: sharded safetensors (+ index), config.json, and the generation config, tokenizer and
     other files of the original HF directory when the checkpoint carries them."""
