@@ -107,7 +107,7 @@ class WeightSyncStrategy(ABC):
         start = time.perf_counter()
         self.push(engine, counter, version)
         stats = SyncStats(version, time.perf_counter() - start, counter.bytes, counter.tensors, counter.count)
-        logger.info(
+        logger.debug(
             "weight sync %s to version %d: %d tensors in %d buckets, %.1f MB in %.2fs (%.0f MB/s)",
             self.name,
             version,
