@@ -142,3 +142,13 @@ def test_score_equals_full_forward_logprobs():
     for seq, got in zip(seqs, engine.score(seqs)):
         want = [float(torch.log_softmax(next_logits(model, seq[:t]), -1)[seq[t]]) for t in range(1, len(seq))]
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_rng_state_round_trip_resumes_unseeded_sampling_exactly():
+    engine = EmbeddedEngine(tiny_model(seed=4), pad_token_id=0, seed=1)
+    sp = SamplingParams(temperature=1.2, max_new_tokens=6)
+    engine.generate(PROMPTS, 1, sp)
+    state = engine.rng_state()
+    first = [r.response_ids for g in engine.generate(PROMPTS, 2, sp) for r in g]
+    engine.set_rng_state(state)
+    assert [r.response_ids for g in engine.generate(PROMPTS, 2, sp) for r in g] == first
