@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_step_time_"))
-    base = warm_started(work / "warm", args.seed) + [f"run.steps={args.steps}", "run.eval_every=0",
+    base = warm_started(args.seed) + [f"run.steps={args.steps}", "run.eval_every=0",
                                                       "checkpoint.every=0"]
     arms = {"codistill": ["algorithm.mode=codistill"],
             "grpo_large": ["algorithm.mode=grpo", "algorithm.grpo_model=large"]}

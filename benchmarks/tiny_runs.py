@@ -27,9 +27,10 @@ def train(run_dir: Path, overrides: list[str], *, nproc: int = 1) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def warm_started(out: Path, seed: int) -> list[str]:
-    """Warm-start both models once for `seed` (HF export at step 0) and return the overrides that
-    start a run from them without another warm start."""
+def warm_started(seed: int) -> list[str]:
+    """Warm-start both models once for `seed` (HF export at step 0, cached under runs/bench_warm/) and
+    return the overrides that start a run from them without another warm start."""
+    out = ROOT / "runs" / "bench_warm" / f"seed{seed}"
     hf = out / "checkpoints" / "step_000000" / "hf"
     if not (hf / "small" / "config.json").exists():
         train(out, [f"run.seed={seed}", "run.steps=0", "checkpoint.export_hf=true", "checkpoint.keep_last=0"])

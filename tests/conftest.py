@@ -4,7 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread: with several test processes on 2 cores, intra-op threads oversubscribe badly
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -69,10 +69,14 @@ def sync_engine(engine: RolloutEngine, policy, r: RolloutConfig, *, version: int
         stats = ws.sync_weights(engine, buckets, version, "direct")
     elif strategy == "disk":
         root = Path(r.sync_dir or Path(run_dir) / "weight_sync")
-        if source:
+        if r.engine == "embedded":  # one engine per rank: each rank writes and loads its own copy
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            stats = ws.DiskSync(root / f"rank{rank}", hf_config=policy.arch.to_hf_config()).sync(
+                engine, buckets, version)
+        elif source:  # servers shared by all ranks: rank 0 writes and tells them
             stats = ws.DiskSync(root, hf_config=policy.arch.to_hf_config()).sync(engine, buckets, version)
         else:
-            for _ in buckets:
+            for _ in buckets:  # the export is collective
                 pass
             engine._set_version(version)
         if dist.is_initialized():

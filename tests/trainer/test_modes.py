@@ -18,7 +18,7 @@ def rows(run_dir):
         ("codistill", ["rollout.verify_sync=true", "rollout.verify_atol=1e-4"]),
         ("grpo", ["algorithm.grpo_model=small"]),
         ("grpo", ["algorithm.grpo_model=large"]),
-        ("opd", []),
+        ("opd", ["rollout.weight_sync=disk"]),
         ("kd_grpo", []),
         ("sft", ["algorithm.sft.samples_per_problem=2"]),
     ],
