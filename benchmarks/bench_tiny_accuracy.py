@@ -64,7 +64,7 @@ def main() -> None:
     (out / "tiny_accuracy_runs.json").write_text(json.dumps(curves))
     final = {a: {k: [sum(r[key] for r in rows[-args.last:]) / len(rows[-args.last:]) for rows in runs.values()]
                  for k, key in KEYS.items()} for a, runs in curves.items()}
-    lines = [f"Small-model accuracy on 500 held-out problems, mean of the last {args.last} evaluations "
+    lines = [f"Small-model accuracy on {args.eval_limit} held-out problems, mean of the last {args.last} evaluations "
              f"(steps up to {args.steps}), {args.seeds} seeds, 95% t-interval:", "",
              "| arm | greedy | sampled (T=1) |", "|---|---|---|"]
     for arm in ARMS:
