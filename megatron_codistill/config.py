@@ -421,7 +421,8 @@ def validate(cfg: Config, world_size: int) -> None:
     for name in ("large", "small"):
         m: ModelConfig = getattr(cfg, name)
         _check(
-            (m.hf_config is None) != (m.arch is None) or (m.arch is None and m.checkpoint is not None),
+            (m.hf_config is not None) + (m.arch is not None) == 1
+            or (m.hf_config is None and m.arch is None and m.checkpoint is not None),
             f"{name}: give exactly one of {name}.hf_config or {name}.arch "
             f"(or only {name}.checkpoint), got hf_config={m.hf_config!r}, arch={m.arch!r}",
         )

@@ -85,7 +85,7 @@ def build_run(cfg: Config, *, sft: bool = False) -> Run:
                                 trainable=trainable)
     tokenizer = load_tokenizer(cfg)
     generator = "large" if sft else mode.generator
-    engine = build_engine(cfg, policies[generator], rank=rank)
+    engine = build_engine(cfg, policies[generator], rank=rank, pad_id=tokenizer.pad_token_id)
     s = cfg.rollout.sampling
     stop = tuple(tokenizer.convert_tokens_to_ids(t) for t in s.stop)
     sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,

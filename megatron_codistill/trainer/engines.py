@@ -18,17 +18,22 @@ from megatron_codistill.rollout import weight_sync as ws
 from megatron_codistill.rollout.base import RolloutEngine
 
 
-def build_engine(cfg: Config, policy, *, rank: int) -> RolloutEngine:
+def embedded_engine(policy, r: RolloutConfig, *, pad_id: int, seed: int) -> RolloutEngine:
+    """An in-process engine of `policy`'s architecture (random weights until its first sync)."""
+    from megatron_codistill.rollout.embedded import EmbeddedEngine
+
+    return EmbeddedEngine.from_config(
+        policy.arch.to_hf_config(), dtype=policy.cfg.dtype, pad_token_id=pad_id,
+        max_batch_size=r.max_batch_size, max_context=policy.arch.max_position_embeddings,
+        prompt_overflow=r.prompt_overflow, seed=seed,
+    )
+
+
+def build_engine(cfg: Config, policy, *, rank: int, pad_id: int) -> RolloutEngine:
     """The engine for `policy`'s architecture, holding `policy`'s current weights."""
     r = cfg.rollout
     if r.engine == "embedded":
-        from megatron_codistill.rollout.embedded import EmbeddedEngine
-
-        engine = EmbeddedEngine.from_config(
-            policy.arch.to_hf_config(), dtype=policy.cfg.dtype, pad_token_id=_pad_id(cfg),
-            max_batch_size=r.max_batch_size, max_context=policy.arch.max_position_embeddings,
-            prompt_overflow=r.prompt_overflow, seed=cfg.run.seed * 1000 + rank,
-        )
+        engine = embedded_engine(policy, r, pad_id=pad_id, seed=cfg.run.seed * 1000 + rank)
     else:
         from megatron_codistill.rollout.sglang import SGLangEngine
 
@@ -42,11 +47,6 @@ def build_engine(cfg: Config, policy, *, rank: int) -> RolloutEngine:
     sync_engine(engine, policy, r, version=0, run_dir=cfg.run.dir)
     return engine
 
-
-def _pad_id(cfg: Config) -> int:
-    from megatron_codistill.trainer.prompts import load_tokenizer
-
-    return load_tokenizer(cfg).pad_token_id
 
 
 def strategy_of(r: RolloutConfig) -> str:

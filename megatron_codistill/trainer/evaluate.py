@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from megatron_codistill.log import get_logger
 from megatron_codistill.rollout.base import SamplingParams
-from megatron_codistill.trainer.engines import sync_engine
+from megatron_codistill.trainer.engines import embedded_engine, sync_engine
 
 log = get_logger(__name__)
 
@@ -24,14 +24,8 @@ def _engine_for(run, name: str):
         return None
     cache = run.extra.setdefault("eval_engines", {})
     if name not in cache:
-        from megatron_codistill.rollout.embedded import EmbeddedEngine
-
-        policy = run.policies[name]
-        cache[name] = EmbeddedEngine.from_config(
-            policy.arch.to_hf_config(), dtype=policy.cfg.dtype, pad_token_id=run.pad_id,
-            max_batch_size=run.cfg.rollout.max_batch_size, prompt_overflow=run.cfg.rollout.prompt_overflow,
-            seed=run.cfg.run.seed + run.rank,
-        )
+        cache[name] = embedded_engine(run.policies[name], run.cfg.rollout, pad_id=run.pad_id,
+                                      seed=run.cfg.run.seed + run.rank)
     engine = cache[name]
     sync_engine(engine, run.policies[name], run.cfg.rollout, version=run.engine_version,
                 run_dir=run.cfg.run.dir)

@@ -117,7 +117,8 @@ def _gather(lp: torch.Tensor, policy, batch: RolloutBatch) -> torch.Tensor:
 
 
 def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict) -> dict[str, float]:
-    """epochs_per_step x mini_batches optimizer steps of model `name` on its replica's slice."""
+    """epochs_per_step x mini_batches optimizer steps of model `name` on its replica's slice;
+    returns the metrics of the last one."""
     a, policy = run.cfg.algorithm, run.policies[name]
     rows = row_slice(batch.tokens.shape[0], batch.group_size, policy.layout.dp_rank, policy.layout.dp)
     part = take_rows(batch, rows)
