@@ -17,7 +17,16 @@ from megatron_codistill.algo.kd import (
     token_kd_advantages,
 )
 from megatron_codistill.algo.kl import KL_ESTIMATORS, entropy_from_logits, kl_penalty
-from megatron_codistill.algo.losses import grpo_loss, large_model_loss, sft_loss, small_model_loss
+from megatron_codistill.algo.losses import (
+    SurrogateInputs,
+    grpo_advantages,
+    grpo_loss,
+    large_model_advantages,
+    large_model_loss,
+    sft_loss,
+    small_model_advantages,
+    small_model_loss,
+)
 from megatron_codistill.algo.policy_loss import RATIOS, PolicyLossOptions, policy_loss
 from megatron_codistill.algo.selection import max_variance_subset, nonconstant_groups
 from megatron_codistill.algo.types import LossOutput
@@ -28,6 +37,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "RATIOS",
     "SCHEMES",
+    "SurrogateInputs",
     "ImportanceWeights",
     "LossOutput",
     "PolicyLossOptions",
@@ -36,11 +46,13 @@ __all__ = [
     "entropy_from_logits",
     "ghost_response_reward",
     "group_whiten",
+    "grpo_advantages",
     "grpo_loss",
     "importance_weights",
     "kd_log_ratio",
     "kd_reward",
     "kl_penalty",
+    "large_model_advantages",
     "large_model_loss",
     "max_variance_subset",
     "nonconstant_groups",
@@ -49,6 +61,7 @@ __all__ = [
     "process_supervision_advantages",
     "sequence_kd",
     "sft_loss",
+    "small_model_advantages",
     "small_model_loss",
     "token_kd_advantages",
 ]

@@ -4,9 +4,16 @@ Legend: B prompts, G rollouts per prompt (rows prompt-major: b*G + g), T tokens.
 tensor is [B*G, T] aligned with `mask` [B*G, T] (1 on response tokens); rewards are [B*G].
 Whitening needs whole groups: a micro-batch must hold all G rollouts of its prompts, and
 `denominator` (see `aggregation`) makes the micro-batch losses add up to the full-batch loss.
+
+Each loss is `policy_loss` on inputs that do not depend on the weights being trained (advantages,
+the kept-token mask, importance weights). `*_advantages` compute those once over whole groups, so a
+trainer may then cut the rows into micro-batches of any composition: `policy_loss` on each
+micro-batch's rows, with the global `denominator`, sums to the same loss.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -61,20 +68,46 @@ def grpo_loss(
 ) -> LossOutput:
     """Plain GRPO (or Dr.GRPO with scale_by_std=False and seq_mean_token_sum_norm) of a model on its own
     rollouts: A = group_whiten(rewards), then `policy_loss`. rewards: [B*G]; tensors [B*G, T]."""
-    _check_rewards(rewards, mask, group_size)
-    adv = group_whiten(rewards, group_size, scale_by_std=scale_by_std)
+    inputs = grpo_advantages(rewards, mask, group_size=group_size, scale_by_std=scale_by_std)
+    return _surrogate(logp, old_logp, inputs, options, ref_logp, entropy, denominator)
+
+
+class SurrogateInputs(NamedTuple):
+    """What `policy_loss` needs besides the log-probs, fixed for the whole update (all rows [B*G])."""
+
+    advantages: torch.Tensor
+    """[B*G] per sequence or [B*G, T] per token."""
+    mask: torch.Tensor
+    """[B*G, T] tokens the loss averages over (the response mask, minus what MIS drops)."""
+    weights: torch.Tensor | None
+    """[B*G, T] detached importance weights, or None."""
+    metrics: dict[str, torch.Tensor]
+    """Metrics of the batch that need no current log-probs (rewards, advantages, KD, weights)."""
+
+
+def _surrogate(logp, old_logp, inputs: SurrogateInputs, options, ref_logp, entropy, denominator) -> LossOutput:
     out = policy_loss(
         logp,
         old_logp,
-        adv,
-        mask,
+        inputs.advantages,
+        inputs.mask,
         options=options,
+        weights=inputs.weights,
         ref_logp=ref_logp,
         entropy=entropy,
         denominator=denominator,
     )
-    out.metrics.update(_advantage_metrics(rewards, adv, mask, group_size))
+    out.metrics.update(inputs.metrics)
     return out
+
+
+def grpo_advantages(
+    rewards: torch.Tensor, mask: torch.Tensor, *, group_size: int, scale_by_std: bool = True
+) -> SurrogateInputs:
+    """The inputs of `grpo_loss`: A = group_whiten(rewards) [B*G]; metrics reward/mean, adv/*."""
+    _check_rewards(rewards, mask, group_size)
+    adv = group_whiten(rewards, group_size, scale_by_std=scale_by_std)
+    return SurrogateInputs(adv, mask, None, _advantage_metrics(rewards, adv, mask, group_size))
 
 
 def small_model_loss(
@@ -109,6 +142,36 @@ def small_model_loss(
     (responses with |KD_i| > kappa), reward/task_mean, reward/mean (of r~), adv/* (of r~),
     adv/task_constant_group_frac (groups with equal task rewards).
     """
+    inputs = small_model_advantages(
+        old_logp,
+        teacher_logp,
+        task_rewards,
+        mask,
+        group_size=group_size,
+        alpha=alpha,
+        kappa=kappa,
+        kd_reduction=kd_reduction,
+        token_alpha=token_alpha,
+        scale_by_std=scale_by_std,
+    )
+    return _surrogate(logp, old_logp, inputs, options, ref_logp, entropy, denominator)
+
+
+def small_model_advantages(
+    old_logp: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    task_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    group_size: int,
+    alpha: float = 0.5,
+    kappa: float = 10.0,
+    kd_reduction: str = "mean",
+    token_alpha: float = 0.0,
+    scale_by_std: bool = True,
+) -> SurrogateInputs:
+    """The inputs of `small_model_loss` (its formulas): A [B*G], or [B*G, T] with token_alpha, and the
+    kd/*, reward/*, adv/* metrics."""
     _check_rewards(task_rewards, mask, group_size)
     d = kd_log_ratio(teacher_logp, old_logp, mask)
     kd = sequence_kd(d, mask, kd_reduction)
@@ -116,20 +179,10 @@ def small_model_loss(
     adv = group_whiten(shaped, group_size, scale_by_std=scale_by_std)
     if token_alpha:
         adv = token_kd_advantages(adv, d, mask, alpha=token_alpha, kappa=kappa)
-    out = policy_loss(
-        logp,
-        old_logp,
-        adv,
-        mask,
-        options=options,
-        ref_logp=ref_logp,
-        entropy=entropy,
-        denominator=denominator,
-    )
     with torch.no_grad():
         has = (lengths(mask) > 0).to(mask.dtype)
-        out.metrics.update(_advantage_metrics(shaped, adv, mask, group_size))
-        out.metrics.update(
+        metrics = _advantage_metrics(shaped, adv, mask, group_size)
+        metrics.update(
             {
                 "kd/reward_mean": masked_mean(kd, has),
                 "kd/token_mean": masked_mean(d, mask),
@@ -141,7 +194,7 @@ def small_model_loss(
                 ),
             }
         )
-    return out
+    return SurrogateInputs(adv, mask, None, metrics)
 
 
 def large_model_loss(
@@ -172,25 +225,44 @@ def large_model_loss(
     pass the global count of kept tokens (`importance_weights(...).kept.sum()`).
     Metrics: those of `policy_loss` and `importance_weights` (is/*), reward/mean, adv/*.
     """
+    inputs = large_model_advantages(
+        old_logp,
+        behaviour_logp,
+        task_rewards,
+        mask,
+        group_size=group_size,
+        scheme=scheme,
+        cap=cap,
+        seq_cap=seq_cap,
+        lower=lower,
+        scale_by_std=scale_by_std,
+    )
+    return _surrogate(logp, old_logp, inputs, options, ref_logp, entropy, denominator)
+
+
+def large_model_advantages(
+    old_logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    task_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    group_size: int,
+    scheme: str = "token_tis",
+    cap: float = 2.0,
+    seq_cap: float = 2.0,
+    lower: float | None = None,
+    scale_by_std: bool = True,
+) -> SurrogateInputs:
+    """The inputs of `large_model_loss`: A [B*G], the kept-token mask and the importance weights, with
+    the is/*, reward/mean and adv/* metrics."""
     _check_rewards(task_rewards, mask, group_size)
     iw = importance_weights(
         old_logp, behaviour_logp, mask, scheme=scheme, cap=cap, seq_cap=seq_cap, lower=lower
     )
     adv = group_whiten(task_rewards, group_size, scale_by_std=scale_by_std)
-    out = policy_loss(
-        logp,
-        old_logp,
-        adv,
-        iw.kept,
-        options=options,
-        weights=iw.weights,
-        ref_logp=ref_logp,
-        entropy=entropy,
-        denominator=denominator,
-    )
-    out.metrics.update(iw.metrics)
-    out.metrics.update(_advantage_metrics(task_rewards, adv, mask, group_size))
-    return out
+    metrics = dict(iw.metrics)
+    metrics.update(_advantage_metrics(task_rewards, adv, mask, group_size))
+    return SurrogateInputs(adv, iw.kept, iw.weights, metrics)
 
 
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, *, denominator: Count = None) -> LossOutput:
