@@ -71,6 +71,18 @@ class ModelConfig:
     """Layer implementation; auto = Transformer Engine when it and CUDA are present, else local."""
     micro_batch_size: int = 8
     """Sequences per forward/backward micro-batch (gradient accumulation over micro-batches)."""
+    micro_batch_tokens: int | None = None
+    """Token budget per micro-batch instead of micro_batch_size: rows of similar length are packed while
+    rows x longest row <= budget, each micro-batch cut to its longest row (less padding; the loss,
+    gradients and metrics are the same). Must hold the longest sequence. None = micro_batch_size rows."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recomputation (Megatron-Core): none; selective = core attention; full = whole layers."""
+    recompute_method: Literal["uniform", "block"] | None = None
+    """Full recompute only: uniform (default) checkpoints every recompute_num_layers layers; block
+    recomputes the first recompute_num_layers layers of each pipeline stage and keeps the rest."""
+    recompute_num_layers: int | None = None
+    """Full recompute only: layers per checkpointed chunk (uniform, default 1) or recomputed layers per
+    pipeline stage (block, default all)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     """Optimizer and schedule of this model."""
 
@@ -446,8 +458,13 @@ def validate(cfg: Config, world_size: int) -> None:
         arch = model_arch(m, name)
         try:
             arch.validate_layout(m.tensor_parallel, m.pipeline_parallel)
+            _check_recompute(m, arch.num_layers // m.pipeline_parallel)
         except ValueError as e:
             raise ConfigError(f"{name}: {e}") from None
+        longest = cfg.rollout.max_prompt_length + cfg.rollout.sampling.max_new_tokens
+        _check(m.micro_batch_tokens is None or m.micro_batch_tokens >= longest,
+               f"{name}.micro_batch_tokens ({m.micro_batch_tokens}) must hold the longest rollout: "
+               f"rollout.max_prompt_length + sampling.max_new_tokens = {longest} tokens")
     a = cfg.algorithm
     _check(a.group_size >= 2, f"algorithm.group_size ({a.group_size}) must be >= 2: a group of one "
            "rollout has no baseline, its whitened advantage is always 0")
@@ -465,11 +482,6 @@ def validate(cfg: Config, world_size: int) -> None:
         f"({a.mini_batches}) on each of the {world_size} small-model and {dp_large} large-model "
         "data-parallel ranks",
     )
-    for name in ("small", "large"):
-        mbs = getattr(cfg, name).micro_batch_size
-        _check(a.mode == "sft" or mbs % a.group_size == 0,
-               f"{name}.micro_batch_size ({mbs}) must be a multiple of algorithm.group_size "
-               f"({a.group_size}): advantages are whitened within each micro-batch's whole groups")
     if a.pods_n is not None:
         _check(a.pods_n > a.group_size, f"algorithm.pods_n ({a.pods_n}) must exceed group_size "
                f"({a.group_size}): PODS keeps group_size of pods_n rollouts")
@@ -486,6 +498,14 @@ def validate(cfg: Config, world_size: int) -> None:
         s = cfg.rollout.sglang
         _check(bool(s.urls) or s.launch, "rollout.engine is sglang: give rollout.sglang.urls or set "
                "rollout.sglang.launch=true")
+
+
+def _check_recompute(m: ModelConfig, layers_per_stage: int) -> None:
+    """The recompute fields as Megatron-Core accepts them (ValueError otherwise; see models.provider)."""
+    from megatron_codistill.models.provider import recompute_options
+
+    recompute_options(m.recompute, method=m.recompute_method, num_layers=m.recompute_num_layers,
+                      layers_per_stage=layers_per_stage)
 
 
 def _check_location(value: str | None, key: str) -> None:

@@ -20,6 +20,8 @@ from megatron_codistill.models.arch import ModelArch
 
 TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 FP8_FORMATS = ("e4m3", "hybrid")
+RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
 # Megatron's RotaryEmbedding._apply_scaling hard-codes these llama3 constants (0.16.1 .. 0.19).
 _MEGATRON_LLAMA3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
@@ -98,6 +100,38 @@ def transformer_config(arch: ModelArch, *, tp: int, pp: int, params_dtype: torch
     return TransformerConfig(**kwargs)
 
 
+def recompute_options(recompute: str, *, method: str | None = None, num_layers: int | None = None,
+                      layers_per_stage: int) -> dict:
+    """TransformerConfig fields of an activation-recompute choice (ValueError for what Megatron refuses).
+
+    none: keep every activation. selective: Megatron's default selective set, core attention (the
+    local spec's unfused attention then drops its T x T scores; with TE's fused attention it saves
+    little). full: recompute whole layers from checkpointed inputs; method "uniform" (default)
+    checkpoints every `num_layers` layers (default 1, must divide the stage's layers), "block"
+    checkpoints the first `num_layers` layers of each pipeline stage (default all) and keeps the rest.
+    """
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"recompute={recompute!r} is not valid; valid: {list(RECOMPUTE)}")
+    if recompute != "full":
+        if method is not None or num_layers is not None:
+            raise ValueError(f"recompute_method ({method!r}) and recompute_num_layers ({num_layers!r}) apply only "
+                             f"to recompute='full', got recompute={recompute!r}; leave them unset")
+        return {} if recompute == "none" else {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    method = method or "uniform"
+    if method not in RECOMPUTE_METHODS:
+        raise ValueError(f"recompute_method={method!r} is not valid; valid: {list(RECOMPUTE_METHODS)}")
+    if num_layers is None:
+        num_layers = 1 if method == "uniform" else layers_per_stage
+    if not 1 <= num_layers <= layers_per_stage:
+        raise ValueError(f"recompute_num_layers ({num_layers}) must be between 1 and the layers per pipeline "
+                         f"stage ({layers_per_stage})")
+    if method == "uniform" and layers_per_stage % num_layers:
+        raise ValueError(f"recompute_num_layers ({num_layers}) must divide the layers per pipeline stage "
+                         f"({layers_per_stage}) with recompute_method='uniform' (Megatron recomputes chunks of "
+                         "that many layers); use a divisor or recompute_method='block'")
+    return {"recompute_granularity": "full", "recompute_method": method, "recompute_num_layers": num_layers}
+
+
 def layer_spec(arch: ModelArch, transformer_impl: str = "auto"):
     """ModuleSpec of one transformer layer: local Megatron modules or Transformer Engine ones."""
     from megatron.core.models.gpt import gpt_layer_specs
@@ -111,8 +145,11 @@ def layer_spec(arch: ModelArch, transformer_impl: str = "auto"):
 
 def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_process: bool,
                     params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto",
-                    fp8: str | None = None, seq_length: int | None = None):
+                    fp8: str | None = None, seq_length: int | None = None, recompute: str = "none",
+                    recompute_method: str | None = None, recompute_num_layers: int | None = None):
     """GPTModel for this rank's shard: TP and PP sizes are read from `pg_collection`.
+
+    recompute, recompute_method, recompute_num_layers: activation recomputation (`recompute_options`).
 
     Vocab is padded to `arch.padded_vocab_size(tp)` (padded logit columns must be masked, see
     parallel.logprobs); the output stays vocab-parallel (parallel_output=True): logits [B, T, V/tp].
@@ -122,8 +159,11 @@ def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_p
 
     tp, pp = pg_collection.tp.size(), pg_collection.pp.size()
     impl = resolve_transformer_impl(transformer_impl)
+    arch.validate_layout(tp, pp)
+    recompute_kwargs = recompute_options(recompute, method=recompute_method, num_layers=recompute_num_layers,
+                                         layers_per_stage=arch.num_layers // pp)
     config = transformer_config(arch, tp=tp, pp=pp, params_dtype=params_dtype, fp8=fp8,
-                                transformer_impl=impl)
+                                transformer_impl=impl, **recompute_kwargs)
     if impl == "local":
         _ensure_global_memory_buffer()
     model = GPTModel(

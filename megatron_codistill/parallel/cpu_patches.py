@@ -16,6 +16,8 @@ it enables.
 | patch_grad_l2_norm        | multi-tensor L2 norm returns a CPU tensor        | grad-norm for clipping    |
 | patch_tensor_type_checks  | Tensor.type() says "torch.cuda.*" to optimizer   | clip_grads, dist. opt.    |
 | patch_tensor_cuda_calls   | Tensor.cuda() from Megatron returns the tensor   | tied embeddings with PP>1 |
+| patch_checkpoint_rng      | recompute saves/restores CPU RNG + tracker only  | activation recompute      |
+| patch_p2p_shape_sync      | P2P shape exchange skips torch.cuda.synchronize  | PP with variable shapes   |
 
 Global state outside Megatron that is touched: `torch.cuda.current_device` (it raises without
 CUDA, so nothing that worked before changes), `torch.Tensor.type` (the answer changes only for
@@ -64,6 +66,21 @@ class _CpuTorch:
 
     def ones(self, *args, **kwargs):
         return torch.ones(*args, **self._cpu(kwargs))
+
+
+class _CpuCuda:
+    """Stand-in for `torch.cuda` inside one Megatron module: synchronize() is a no-op."""
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def synchronize(*args, **kwargs) -> None:
+        return None
+
+
+class _CpuTorchNoSync(_CpuTorch):
+    cuda = _CpuCuda()
 
 
 def _module(name: str):
@@ -208,6 +225,46 @@ def patch_tensor_cuda_calls() -> None:
     torch.Tensor.cuda = cuda
 
 
+def _cpu_rng_states():
+    """(cpu state, no CUDA state, tracker states): what Megatron's checkpoint saves before a forward."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    return torch.get_rng_state(), None, mrandom.get_cuda_rng_tracker().get_states()
+
+
+def _set_cpu_rng_states(cpu_rng_state, cuda_rng_state, cuda_rng_state_tracker):
+    from megatron.core.tensor_parallel import random as mrandom
+
+    torch.set_rng_state(cpu_rng_state)
+    mrandom.get_cuda_rng_tracker().set_states(cuda_rng_state_tracker)
+
+
+def patch_checkpoint_rng() -> None:
+    """Activation recompute saves and restores the CPU RNG and the tracker, not the CUDA RNG.
+
+    tensor_parallel.CheckpointFunction (full recompute, selective core_attn / mlp) and
+    CheckpointWithoutOutput (selective layernorm) call _get_all_rng_states / _set_all_rng_states,
+    which read torch.cuda's generator and raise without CUDA. The recomputed forward then draws the
+    same CPU random numbers as the first one (none with dropout 0).
+    """
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_all_rng_states = _cpu_rng_states
+    mrandom._set_all_rng_states = _set_cpu_rng_states
+
+
+def patch_p2p_shape_sync() -> None:
+    """The pipeline's shape exchange does not call torch.cuda.synchronize().
+
+    With config.variable_seq_lengths (micro-batches of different shapes, see parallel.schedule),
+    P2PCommunicator._communicate_shapes sends each activation's shape before it and then calls
+    torch.cuda.synchronize() unconditionally (the tensor exchange itself guards it with batch_p2p_sync).
+    """
+    module = _module("megatron.core.pipeline_parallel.p2p_communication")
+    if module is not None and hasattr(module, "torch"):
+        module.torch = _CpuTorchNoSync()
+
+
 PATCHES = {
     "current_device": patch_current_device,
     "rng_tracker_fork": patch_rng_tracker_fork,
@@ -217,6 +274,8 @@ PATCHES = {
     "grad_l2_norm": patch_grad_l2_norm,
     "tensor_type_checks": patch_tensor_type_checks,
     "tensor_cuda_calls": patch_tensor_cuda_calls,
+    "checkpoint_rng": patch_checkpoint_rng,
+    "p2p_shape_sync": patch_p2p_shape_sync,
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from megatron_codistill.parallel.schedule import run_schedule, unwrap
+from megatron_codistill.parallel.schedule import run_schedule, split_micro_batches, unwrap
 
 
 class _VocabParallelLogProbs(torch.autograd.Function):
@@ -95,13 +95,16 @@ def model_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor, layout, v
 
 @torch.no_grad()
 def forward_logprobs(model, layout, tokens: torch.Tensor, *, micro_batch_size: int,
-                     with_entropy: bool = False):
+                     with_entropy: bool = False, lengths: torch.Tensor | None = None,
+                     micro_batch_tokens: int | None = None, seq_multiple: int = 1):
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for a batch, on every rank of the model group.
 
     model: this rank's (DDP-wrapped or bare) GPTModel chunk; layout: its ModelLayout; tokens:
     [B, T] int64, identical on the TP/PP ranks of one DP replica. Right padding is harmless (the
     model is causal; mask the padded positions downstream). Returns logprobs [B, T-1] float32, or
-    (logprobs, entropy) when `with_entropy`.
+    (logprobs, entropy) when `with_entropy`. Micro-batches: `schedule.split_micro_batches` (lengths
+    [B], micro_batch_tokens, seq_multiple); with a token budget, positions past a row's micro-batch
+    are 0. Always fp32: the softmax of bf16 logits runs in fp32 (`vocab_parallel_logprobs`).
     """
     vocab_size = unwrap(model).arch.vocab_size
 
@@ -109,20 +112,23 @@ def forward_logprobs(model, layout, tokens: torch.Tensor, *, micro_batch_size: i
         return model_logprobs(chunk, micro_tokens[:, :-1], micro_tokens[:, 1:], layout, vocab_size,
                               with_entropy)
 
-    def collect(result, rows):
+    def collect(result, mb):
         logp, entropy = result
-        return logp.sum() * 0.0, {"logprobs": logp, "entropy": entropy}
+        return logp.sum() * 0.0, {"logprobs": logp, "entropy": entropy, "rows": mb.rows}
 
-    outputs = run_schedule(model, layout, tokens, step, collect, micro_batch_size=micro_batch_size,
-                           forward_only=True)
+    micro = split_micro_batches(tokens, micro_batch_size, lengths=lengths, micro_batch_tokens=micro_batch_tokens,
+                                seq_multiple=seq_multiple)
+    outputs = run_schedule(model, layout, micro, step, collect, forward_only=True)
     b, t = tokens.shape[0], tokens.shape[1] - 1
-    rows = 2 if with_entropy else 1
+    n_out = 2 if with_entropy else 1
     device = next(unwrap(model).parameters()).device
-    result = torch.empty(rows, b, t, dtype=torch.float32, device=device)
+    result = torch.zeros(n_out, b, t, dtype=torch.float32, device=device)
     if layout.is_last_stage:
-        result[0] = torch.cat([o["logprobs"] for o in outputs])[:b]
-        if with_entropy:
-            result[1] = torch.cat([o["entropy"] for o in outputs])[:b]
+        for o in outputs:
+            rows, width = o["rows"].to(device), min(o["logprobs"].shape[1], t)
+            result[0, rows, :width] = o["logprobs"][:, :width].float()
+            if with_entropy:
+                result[1, rows, :width] = o["entropy"][:, :width].float()
     if layout.pp > 1:
         dist.broadcast(result, src=layout.last_stage_rank, group=layout.pp_group)
     return (result[0], result[1]) if with_entropy else result[0]

@@ -1,10 +1,14 @@
 """Where the algorithm config meets the pure objectives of `algo`: per-micro-batch loss closures.
 
-Each `*_loss_fn` returns `loss_fn(logprobs [b, T-1], entropy, rows) -> (loss, metrics)` for
-`Policy.update` (see parallel.train_step). Micro-batches hold whole groups, so whitening inside
-the closure sees every rollout of its prompts; `denominator` is the global count of the chosen
-aggregation divided by the data-parallel size, so that summed micro-batch losses, averaged by DDP
-over replicas, equal the loss of the global batch exactly.
+Each `*_inputs` computes, once over one model's slice of the batch (whole groups), what the clipped
+surrogate needs besides the current log-probs: advantages (whitened per group), the tokens the loss
+averages over, importance weights, and the metrics of those (`algo.*_advantages`). `surrogate_loss_fn`
+then returns `loss_fn(logprobs [b, T-1], entropy, rows) -> (loss, metrics)` for `Policy.update` (see
+parallel.train_step): `rows` index any subset of the slice, so micro-batches may be cut by rows or by
+a token budget. `denominator` is the global count of the chosen aggregation divided by the
+data-parallel size, so that summed micro-batch losses, averaged by DDP over replicas, equal the loss
+of the global batch exactly; token-mean metrics are weighted by each micro-batch's share of the
+tokens, so that their sums do not depend on how the batch was cut either.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import torch.distributed as dist
 
 from megatron_codistill import algo
 from megatron_codistill.config import AlgorithmConfig
+
+# policy_loss metrics that add up over rows (with the global denominator); the others are token means.
+_ADDITIVE = ("loss/policy", "loss/total", "loss/num_tokens")
 
 
 def policy_options(a: AlgorithmConfig, max_new_tokens: int, *, use_kl: bool) -> algo.PolicyLossOptions:
@@ -52,68 +59,90 @@ class Scored:
     ref_logp: torch.Tensor | None = None
 
 
-def small_loss_fn(a: AlgorithmConfig, s: Scored, opts: algo.PolicyLossOptions, denominator,
-                  *, task_weight: float = 1.0, kd_alpha: float | None = None):
+@dataclass
+class LossInputs:
+    """Per-row inputs of one model's surrogate over its slice [n, T-1], fixed for the whole update."""
+
+    old_logp: torch.Tensor
+    surrogate: algo.SurrogateInputs
+    """Advantages, the tokens the loss averages over, importance weights, and their metrics."""
+    ref_logp: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.surrogate.mask
+
+    @property
+    def metrics(self) -> dict[str, torch.Tensor]:
+        return self.surrogate.metrics
+
+    def take(self, rows) -> LossInputs:
+        """The inputs of a subset of the rows (a mini-batch); the metrics stay those of the slice."""
+        s = self.surrogate
+        return LossInputs(
+            old_logp=self.old_logp[rows],
+            surrogate=algo.SurrogateInputs(s.advantages[rows], s.mask[rows],
+                                           None if s.weights is None else s.weights[rows], s.metrics),
+            ref_logp=None if self.ref_logp is None else self.ref_logp[rows],
+        )
+
+
+def small_inputs(a: AlgorithmConfig, s: Scored, *, task_weight: float = 1.0,
+                 kd_alpha: float | None = None) -> LossInputs:
     """CoDistill / KD-GRPO / OPD on the small model (kd_alpha 0 with no teacher = plain GRPO)."""
-    alpha = a.kd_alpha if kd_alpha is None else kd_alpha
-
-    def loss_fn(logp, entropy, rows):
-        teacher = s.teacher_logp[rows] if s.teacher_logp is not None else s.old_logp[rows]
-        out = algo.small_model_loss(
-            logp, s.old_logp[rows], teacher, task_weight * s.task_rewards[rows], s.mask[rows],
-            group_size=a.group_size, alpha=alpha, kappa=a.kd_kappa, kd_reduction=a.kd_reduction,
-            token_alpha=a.kd_token_alpha if s.teacher_logp is not None else 0.0,
-            scale_by_std=a.advantage_std, options=opts,
-            ref_logp=None if s.ref_logp is None else s.ref_logp[rows], entropy=entropy,
-            denominator=denominator,
-        )
-        return out.loss, out.metrics
-
-    return loss_fn
+    teacher = s.teacher_logp if s.teacher_logp is not None else s.old_logp
+    surrogate = algo.small_model_advantages(
+        s.old_logp, teacher, task_weight * s.task_rewards, s.mask, group_size=a.group_size,
+        alpha=a.kd_alpha if kd_alpha is None else kd_alpha, kappa=a.kd_kappa, kd_reduction=a.kd_reduction,
+        token_alpha=a.kd_token_alpha if s.teacher_logp is not None else 0.0, scale_by_std=a.advantage_std,
+    )
+    return LossInputs(s.old_logp, surrogate, s.ref_logp)
 
 
-def large_loss_fn(a: AlgorithmConfig, s: Scored, opts: algo.PolicyLossOptions, denominator):
+def large_inputs(a: AlgorithmConfig, s: Scored) -> LossInputs:
     """The large model on the small model's rollouts, weighted by importance weights."""
-
-    def loss_fn(logp, entropy, rows):
-        out = algo.large_model_loss(
-            logp, s.old_logp[rows], s.behaviour_logp[rows], s.task_rewards[rows], s.mask[rows],
-            group_size=a.group_size, scheme=a.is_weight, cap=a.is_cap, seq_cap=a.is_seq_cap,
-            scale_by_std=a.advantage_std, options=opts,
-            ref_logp=None if s.ref_logp is None else s.ref_logp[rows], entropy=entropy,
-            denominator=denominator,
-        )
-        return out.loss, out.metrics
-
-    return loss_fn
+    surrogate = algo.large_model_advantages(
+        s.old_logp, s.behaviour_logp, s.task_rewards, s.mask, group_size=a.group_size, scheme=a.is_weight,
+        cap=a.is_cap, seq_cap=a.is_seq_cap, scale_by_std=a.advantage_std,
+    )
+    return LossInputs(s.old_logp, surrogate, s.ref_logp)
 
 
-def grpo_loss_fn(a: AlgorithmConfig, s: Scored, opts: algo.PolicyLossOptions, denominator):
+def grpo_inputs(a: AlgorithmConfig, s: Scored) -> LossInputs:
     """Plain GRPO of a model on its own rollouts."""
+    surrogate = algo.grpo_advantages(s.task_rewards, s.mask, group_size=a.group_size, scale_by_std=a.advantage_std)
+    return LossInputs(s.old_logp, surrogate, s.ref_logp)
+
+
+def surrogate_loss_fn(inputs: LossInputs, opts: algo.PolicyLossOptions, denominator):
+    """loss_fn over any rows of `inputs`: `algo.policy_loss` on those rows with the global denominator.
+
+    Metrics: the additive ones as they are, token means times the rows' share of the tokens (their
+    sums over micro-batches are the slice's token means). `inputs.metrics` are left to the caller
+    (pass them as Policy.update's batch_metrics).
+    """
+    s = inputs.surrogate
+    total = s.mask.sum().clamp(min=1)
 
     def loss_fn(logp, entropy, rows):
-        out = algo.grpo_loss(
-            logp, s.old_logp[rows], s.task_rewards[rows], s.mask[rows], group_size=a.group_size,
-            scale_by_std=a.advantage_std, options=opts,
-            ref_logp=None if s.ref_logp is None else s.ref_logp[rows], entropy=entropy,
+        mask = s.mask[rows]
+        out = algo.policy_loss(
+            logp, inputs.old_logp[rows], s.advantages[rows], mask, options=opts,
+            weights=None if s.weights is None else s.weights[rows],
+            ref_logp=None if inputs.ref_logp is None else inputs.ref_logp[rows], entropy=entropy,
             denominator=denominator,
         )
-        return out.loss, out.metrics
+        share = mask.sum() / total
+        return out.loss, {k: v if k in _ADDITIVE else v * share for k, v in out.metrics.items()}
 
     return loss_fn
 
 
 def sft_loss_fn(mask: torch.Tensor, denominator):
-    """Token-mean negative log-likelihood of the response tokens."""
+    """Token-mean negative log-likelihood of the response tokens (its metrics add up over rows)."""
 
     def loss_fn(logp, entropy, rows):
         out = algo.sft_loss(logp, mask[rows], denominator=denominator)
         return out.loss, out.metrics
 
     return loss_fn
-
-
-def large_kept_mask(a: AlgorithmConfig, old_logp, behaviour_logp, mask) -> torch.Tensor:
-    """Tokens the large model's loss keeps (MIS schemes drop some): for its denominator."""
-    return algo.importance_weights(old_logp, behaviour_logp, mask, scheme=a.is_weight, cap=a.is_cap,
-                                   seq_cap=a.is_seq_cap).kept

@@ -20,12 +20,12 @@ from megatron_codistill.models.provider import build_gpt_model
 from megatron_codistill.parallel import optimizer as optim
 from megatron_codistill.parallel.layout import ModelLayout
 from megatron_codistill.parallel.logprobs import forward_logprobs
-from megatron_codistill.parallel.schedule import unwrap
+from megatron_codistill.parallel.schedule import FP8_SEQ_MULTIPLE, unwrap
 from megatron_codistill.parallel.train_step import train_step
 
 log = get_logger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LossFn = Callable[[torch.Tensor, torch.Tensor | None, slice], tuple[torch.Tensor, dict]]
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], tuple[torch.Tensor, dict]]
 
 
 class Policy:
@@ -40,7 +40,8 @@ class Policy:
         module = build_gpt_model(
             self.arch, pg_collection=layout.pg_collection, pre_process=layout.is_first_stage,
             post_process=layout.is_last_stage, params_dtype=DTYPES[cfg.dtype],
-            transformer_impl=cfg.transformer_impl, fp8=cfg.fp8,
+            transformer_impl=cfg.transformer_impl, fp8=cfg.fp8, recompute=cfg.recompute,
+            recompute_method=cfg.recompute_method, recompute_num_layers=cfg.recompute_num_layers,
         )
         if cfg.checkpoint:
             load_weights(module, self.arch, layout, cfg.checkpoint)
@@ -63,23 +64,31 @@ class Policy:
         """The bare GPTModel chunk of this rank."""
         return unwrap(self.model)
 
-    def logprobs(self, tokens: torch.Tensor, *, with_entropy: bool = False, reference: bool = False):
-        """Per-token log-probs [B, T-1] of `tokens` [B, T] (replica-local rows), on every rank."""
+    def _micro_batching(self, lengths: torch.Tensor | None) -> dict:
+        """How `tokens` are cut into micro-batches (parallel.schedule.split_micro_batches)."""
+        return dict(micro_batch_size=self.cfg.micro_batch_size, micro_batch_tokens=self.cfg.micro_batch_tokens,
+                    lengths=lengths, seq_multiple=FP8_SEQ_MULTIPLE if self.cfg.fp8 else 1)
+
+    def logprobs(self, tokens: torch.Tensor, *, with_entropy: bool = False, reference: bool = False,
+                 lengths: torch.Tensor | None = None):
+        """Per-token log-probs [B, T-1] of `tokens` [B, T] (replica-local rows), on every rank.
+        lengths: [B] real tokens per row (lets micro_batch_tokens pack rows)."""
         model = self.reference if reference else self.model
         if reference and model is None:
             raise RuntimeError(f"{self.name} model has no reference copy (algorithm.kl_beta is 0)")
         model.eval()
-        return forward_logprobs(model, self.layout, tokens, micro_batch_size=self.cfg.micro_batch_size,
-                                with_entropy=with_entropy)
+        return forward_logprobs(model, self.layout, tokens, with_entropy=with_entropy,
+                                **self._micro_batching(lengths))
 
-    def update(self, tokens: torch.Tensor, loss_fn: LossFn, *, with_entropy: bool = False) -> dict:
-        """One optimizer step on `tokens` [B, T] with the per-micro-batch `loss_fn` (see train_step)."""
+    def update(self, tokens: torch.Tensor, loss_fn: LossFn, *, with_entropy: bool = False,
+               lengths: torch.Tensor | None = None, batch_metrics: dict | None = None) -> dict:
+        """One optimizer step on `tokens` [B, T] with the per-micro-batch `loss_fn` (see train_step).
+        lengths: [B] real tokens per row; batch_metrics: reported with the step's (see train_step)."""
         if not self.trainable:
             raise RuntimeError(f"{self.name} model is frozen in this mode")
         self.model.train()
-        return train_step(self.model, self.optimizer, self.layout, tokens, loss_fn,
-                          micro_batch_size=self.cfg.micro_batch_size, scheduler=self.scheduler,
-                          with_entropy=with_entropy)
+        return train_step(self.model, self.optimizer, self.layout, tokens, loss_fn, scheduler=self.scheduler,
+                          with_entropy=with_entropy, batch_metrics=batch_metrics, **self._micro_batching(lengths))
 
     def set_lr(self, lr: float) -> None:
         """Override the scheduled learning rate (warm start); `reset_optimizer` restores it."""

@@ -94,10 +94,11 @@ def score(run, batch: RolloutBatch) -> dict:
             continue
         rows = row_slice(batch.tokens.shape[0], batch.group_size, policy.layout.dp_rank, policy.layout.dp)
         part = take_rows(batch, rows)
-        lp = policy.logprobs(part.tokens)
+        lengths = part.prompt_lengths + part.response_lengths
+        lp = policy.logprobs(part.tokens, lengths=lengths)
         out[name] = _gather(lp, policy, batch)
         if policy.reference is not None:
-            out[f"{name}_ref"] = _gather(policy.logprobs(part.tokens, reference=True), policy, batch)
+            out[f"{name}_ref"] = _gather(policy.logprobs(part.tokens, reference=True, lengths=lengths), policy, batch)
     gen = out[run.mode.generator]
     diff = (gen - batch.behaviour_logprobs).abs() * batch.response_mask
     n_tok = batch.response_mask.sum().clamp(min=1)
@@ -118,7 +119,8 @@ def _gather(lp: torch.Tensor, policy, batch: RolloutBatch) -> torch.Tensor:
 
 def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict) -> dict[str, float]:
     """epochs_per_step x mini_batches optimizer steps of model `name` on its replica's slice;
-    returns the metrics of the last one."""
+    returns the metrics of the last one. Advantages and importance weights are computed once over the
+    slice's whole groups; micro-batches may then take any rows (micro_batch_size or micro_batch_tokens)."""
     a, policy = run.cfg.algorithm, run.policies[name]
     rows = row_slice(batch.tokens.shape[0], batch.group_size, policy.layout.dp_rank, policy.layout.dp)
     part = take_rows(batch, rows)
@@ -129,21 +131,21 @@ def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict
     opts = obj.policy_options(a, run.sampling.max_new_tokens, use_kl=policy.reference is not None)
     if name == "small":
         s.teacher_logp = sl("large") if run.mode.teacher_scores else None
-        kd_alpha = a.kd_alpha if run.mode.teacher_scores else 0.0
-        make = lambda s_, d: obj.small_loss_fn(a, s_, opts, d, task_weight=run.mode.task_weight,  # noqa: E731
-                                               kd_alpha=kd_alpha)
+        inputs = obj.small_inputs(a, s, task_weight=run.mode.task_weight,
+                                  kd_alpha=a.kd_alpha if run.mode.teacher_scores else 0.0)
     elif run.mode.generator == "large":
-        make = lambda s_, d: obj.grpo_loss_fn(a, s_, opts, d)  # noqa: E731
+        inputs = obj.grpo_inputs(a, s)
     else:
         s.behaviour_logp = part.behaviour_logprobs[:, :T1]
-        s.mask = obj.large_kept_mask(a, s.old_logp, s.behaviour_logp, mask)
-        make = lambda s_, d: obj.large_loss_fn(a, s_, opts, d)  # noqa: E731
+        inputs = obj.large_inputs(a, s)
+    lengths = part.prompt_lengths + part.response_lengths
     metrics: dict[str, float] = {}
     n_rows, mb = part.tokens.shape[0], part.tokens.shape[0] // a.mini_batches
     for _ in range(a.epochs_per_step):
         for start in range(0, n_rows, mb):
             r = slice(start, start + mb)
-            sub = obj.Scored(**{k: (v[r] if v is not None else None) for k, v in vars(s).items()})
+            sub = inputs.take(r)
             den = obj.global_denominator(sub.mask, a.loss_agg, policy.layout.dp_group, policy.layout.dp)
-            metrics = policy.update(part.tokens[r], make(sub, den))
+            metrics = policy.update(part.tokens[r], obj.surrogate_loss_fn(sub, opts, den), lengths=lengths[r],
+                                    batch_metrics=inputs.metrics)
     return {f"{name}/{k}": float(v) for k, v in metrics.items()}

@@ -49,9 +49,11 @@ def test_lr_schedule(layouts, style):
 def test_train_step_metrics(layouts):
     large = layouts[0]
     ddp, opt, sched = build_optimizer(_model(layouts), large, lr=1e-3)
-    out = train_step(ddp, opt, large, TOKENS, _loss_fn, micro_batch_size=1, scheduler=sched)
-    # two micro-batches of one row: "loss" is the sum of the micro-batch losses, metrics their mean
-    assert out["loss"] == pytest.approx(2 * out["neg_logp"], rel=1e-6)
+    out = train_step(ddp, opt, large, TOKENS, _loss_fn, micro_batch_size=1, scheduler=sched,
+                     batch_metrics={"given": 3.5})
+    # two micro-batches of one row: "loss" and every metric are sums over the micro-batches
+    assert out["loss"] == pytest.approx(out["neg_logp"], rel=1e-6)
+    assert out["given"] == 3.5
     assert out["update_ok"] == 1.0 and out["grad_norm"] > 0 and out["lr"] == 1e-3
 
 
