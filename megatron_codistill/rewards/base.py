@@ -13,10 +13,12 @@ class RewardResult:
     score: float
     """The reward: for math 1.0 correct, 0.0 otherwise; for R1 format the weighted sum of `parts`."""
     reason: str
-    """"correct", "wrong", "no_answer", "too_long", "unparsable_reference", "invalid_input", "timeout",
-    "worker_died" or "error:<ExceptionName>"."""
+    """Why, for math: "correct"; "wrong"; "no_answer" (no final answer found); "too_long" (an answer over
+    `verify.MAX_ANSWER_CHARS`); "unparsable_reference" (math-verify cannot parse the gold and the answer is
+    not its exact text); "unparsable_answer" (nor the answer); "invalid_input" (not a string); "timeout"
+    (over the CPU budget or the deadline); "worker_died"; "error:<ExceptionName>"."""
     extracted: str | None = None
-    """The answer found in the response (before normalisation), when there was one."""
+    """The answer found in the response (before normalisation), whenever there was one, timeouts included."""
     parts: dict[str, float] = field(default_factory=dict)
     """Weighted components of `score`, e.g. {"correct": 1.0, "think_close": 0.25}; empty for plain math."""
 

@@ -7,7 +7,11 @@ Known traps (each checked in tests/rewards/test_normalize.py):
 - a dangling decimal point: `-1./3` parses as -1; we drop the point (`-1/3`).
 - NumPy spellings such as `np.arcsin(x)` become `\\arcsin(x)`.
 - dollar signs of currency and of math mode, `\\(..\\)`, a final period, a final percent sign
-  (MATH golds say `20` where answers say `20\\%`; math-verify reads the latter as 0.2).
+  (MATH golds say `20` where answers say `20\\%`; math-verify reads the latter as 0.2), also as
+  `\\text{\\%}`, `\\mathrm{\\%}` or `\\text{ percent}`.
+- LaTeX spacing (`\\ `, `\\,`, `\\;`, `\\:`, `~`, `\\quad`) is a plain space and `\\!` nothing, after the
+  thousands separators are read: `4.2\\ \\%` is `4.2`, `5\\,\\text{cm}` is `5 \\text{cm}` (math-verify drops a
+  trailing `\\text{...}` unit, as it does after a plain space).
 `x = 5` against `5` is left to math-verify, which accepts an assignment whose right side matches.
 """
 
@@ -20,6 +24,8 @@ _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _LATEX_THOUSANDS = re.compile(r"(\d)(?:\{,\}|,\\!|\\,|\\!)(?=\d{3}(?!\d))")
 _DANGLING_POINT = re.compile(r"(\d)\.(?![\d])")
 _NUMPY = re.compile(r"\b(?:np|numpy|math)\.([a-z]+)\b")
+_LATEX_SPACE = re.compile(r"\\\\|\\(?:q?quad(?![A-Za-z])|[ ,;:!])|~")  # `\\\\` (a matrix row break) is kept
+_PERCENT = re.compile(r"\s*(?:\\%|%|\\(?:text|mathrm|textrm|mbox)\{\s*(?:\\?%|percent)\s*\}|percent)$")
 _MATH_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
@@ -47,12 +53,17 @@ def e_notation_to_latex(s: str) -> str:
     return _E_NOTATION.sub(latex, s)
 
 
+def _space(m: re.Match) -> str:
+    return {"\\\\": "\\\\", "\\!": ""}.get(m.group(0), " ")  # a row break stays; a negative space goes
+
+
 def normalize_answer(answer: str) -> str:
     """Apply every rewrite above to one extracted answer (a gold or a prediction)."""
     s = _strip_delimiters(answer)
     s = s.replace("\\$", "").replace("$", " ").strip()
-    s = re.sub(r"\s*(?:\\%|%|\\text\{\s*\\?%\s*\})$", "", s)
     s = _LATEX_THOUSANDS.sub(r"\1", s)
+    s = _LATEX_SPACE.sub(_space, s)
+    s = _PERCENT.sub("", s.strip())
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
     s = _NUMPY.sub(r"\\\1", s)

@@ -1,11 +1,20 @@
-"""A pool of verifier processes with a hard per-answer deadline.
+"""A pool of verifier processes with a hard per-answer deadline, whose verdicts do not depend on load.
 
 Why processes: math-verify (sympy) can run for minutes on answers such as `9^{9^{9^{9}}}`, and a thread
-cannot be stopped. Each worker scores one answer at a time in its main thread under a SIGALRM budget
-(`verify.verify_with_budget`), which stops most runaway parses from inside. Some never return to the
-interpreter (a big-integer power in C ignores signals), so the parent also holds a wall-clock deadline
-per answer: past it the answer scores 0 ("timeout"), the worker is killed and a fresh one starts while
-the others keep serving. `score` returns after at most ceil(B / workers) deadlines.
+cannot be stopped. Each worker scores one answer at a time in its main thread under a budget of CPU
+seconds (`verify.verify_with_budget`), which stops most runaway parses from inside. Some never return
+to the interpreter (a big-integer power in C ignores signals), so the parent also holds a deadline per
+answer on the worker's CPU time (read from /proc; wall-clock time where there is no /proc), plus a
+wall-clock backstop for a worker that stops making progress. Past either the answer scores 0
+("timeout"), the worker is killed and a fresh one starts while the others keep serving.
+
+Budgets count CPU time, not wall-clock time, so a busy machine (the normal case on a cluster node)
+gives the verdicts of an idle one: an answer is cut off after the same amount of work either way.
+
+No worker scores after its state may have been damaged: a worker whose in-process budget fired (in its
+warm-up, or anywhere in a later answer) retires after answering and is replaced, and a new worker counts
+as ready only after its warm-up self-check (`verify.SELF_CHECK`: equivalent pairs must verify, a
+different pair must not). `restarts` and `restart_reasons` report every replacement.
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ import threading
 import time
 import weakref
 import zlib
-from collections import deque
+from collections import Counter, deque
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from megatron_codistill.rewards.base import RewardResult
+from megatron_codistill.rewards.extract import extract_answer
 from megatron_codistill.rewards.process import VerifierProcess, shutdown
 
 logger = logging.getLogger(__name__)
@@ -27,6 +38,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_VERIFY_FN = "megatron_codistill.rewards.verify:verify_with_budget"
 MAX_RESPONSE_CHARS = 200_000
 """Longer responses keep only their tail, where every answer marker looks (the answer is at the end)."""
+WARMUP_BUDGET_S = 60.0
+"""CPU seconds each self-check pair may take (the first parse builds the parser's tables)."""
+MAX_FAILED_STARTS = 5
+"""Consecutive workers that may fail to start (die, or fail the self-check) before `score` gives up."""
 
 
 class _Queue:
@@ -57,31 +72,50 @@ class _Queue:
 class VerifierPool:
     """`num_workers` verifier processes; `score` is thread-safe (one batch at a time).
 
+    timeout_s: CPU seconds an answer may take (the worker's own budget fires at `soft_budget_s`, a
+    little earlier, so that it usually answers "timeout" itself). wall_timeout_s: the wall-clock
+    backstop per answer (default 10 x timeout_s), for a worker that stops using CPU without answering.
+
     `verify_fn` ("pkg.module:function", signature `(response, reference, budget_s) -> RewardResult`,
-    run in the workers' main threads) is what the workers compute: math-verify by default; any other
-    check that may hang (running code, a slow symbolic check) can use the same deadlines.
+    run in the workers' main threads, optionally with a `self_check` attribute of (response, reference,
+    expected score) triples) is what the workers compute: math-verify by default; any other check that
+    may hang (running code, a slow symbolic check) can use the same deadlines.
 
     Use as a context manager or call `close()`; at exit, unclosed pools are shut down anyway.
     """
 
     def __init__(
-        self, num_workers: int = 2, timeout_s: float = 5.0, verify_fn: str = DEFAULT_VERIFY_FN
+        self, num_workers: int = 2, timeout_s: float = 5.0, verify_fn: str = DEFAULT_VERIFY_FN, *,
+        wall_timeout_s: float | None = None, warmup_budget_s: float = WARMUP_BUDGET_S,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers ({num_workers}) must be >= 1")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s ({timeout_s}) must be > 0 seconds")
-        self.num_workers, self.timeout_s, self.verify_fn = num_workers, timeout_s, verify_fn
-        # the in-worker alarm fires first, so a worker usually recovers itself and need not be respawned
+        wall = 10.0 * timeout_s if wall_timeout_s is None else wall_timeout_s
+        if wall < timeout_s:
+            raise ValueError(f"wall_timeout_s ({wall}) must be >= timeout_s ({timeout_s})")
+        self.num_workers, self.timeout_s, self.wall_timeout_s = num_workers, timeout_s, wall
+        self.verify_fn, self.warmup_budget_s = verify_fn, warmup_budget_s
         self.soft_budget_s = max(0.8 * timeout_s, timeout_s - 1.0)
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._workers: list[VerifierProcess] = [VerifierProcess(self.verify_fn) for _ in range(num_workers)]
-        self.restarts = 0
-        """Workers killed and replaced so far (one per answer that ran past its deadline or crashed)."""
+        self._workers: list[VerifierProcess] = [self._spawn() for _ in range(num_workers)]
+        self.restart_reasons: Counter[str] = Counter()
+        """Replacements by reason: "timeout" (past the parent's deadline: killed), "budget" (its own budget
+        fired: retired after answering), "warmup" (failed its self-check, or a budget fired in it),
+        "worker_died", "interrupted" (a batch stopped by an exception while it was busy)."""
         self._failed_starts = 0
         self._dying: list[VerifierProcess] = []  # killed, not yet collected
         self._finalizer = weakref.finalize(self, shutdown, self._workers, self._dying, self._pid)
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced so far, for any reason (`restart_reasons` says which)."""
+        return sum(self.restart_reasons.values())
+
+    def _spawn(self) -> VerifierProcess:
+        return VerifierProcess(self.verify_fn, self.warmup_budget_s)
 
     def __enter__(self) -> VerifierPool:
         return self
@@ -100,7 +134,7 @@ class VerifierPool:
         return [w.pid for w in self._workers]
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Block until every worker has started (imports take seconds); the benchmarks use it."""
+        """Block until every worker has passed its warm-up (imports take seconds); benchmarks and tests use it."""
         with self._lock:
             self._run([], lambda *_: None, wait_ready_s=timeout_s)
 
@@ -117,8 +151,12 @@ class VerifierPool:
                 results[i] = RewardResult(0.0, "invalid_input")
             else:
                 tasks.append((i, resp[-MAX_RESPONSE_CHARS:], ref))
+        responses_by_id = {t[0]: t[1] for t in tasks}
 
         def done(i: int, r: RewardResult) -> None:
+            if r.extracted is None and r.reason in ("timeout", "worker_died"):
+                # stopped before it could say: the answer is still worth reporting (extraction is linear)
+                r = RewardResult(r.score, r.reason, extract_answer(responses_by_id[i]).answer, r.parts)
             results[i] = r
 
         with self._lock:
@@ -130,7 +168,7 @@ class VerifierPool:
             raise RuntimeError("VerifierPool is closed")
         if os.getpid() != self._pid:
             raise RuntimeError(f"VerifierPool was created in process {self._pid}; make a new one here")
-        busy: dict[VerifierProcess, tuple[int, float]] = {}  # worker -> (task id, deadline)
+        busy: dict[VerifierProcess, _Busy] = {}
         try:
             self._loop(_Queue(tasks, len(self._workers)), busy, done, wait_ready_s)
         except BaseException:
@@ -152,12 +190,11 @@ class VerifierPool:
                         pending.push_back(slot, task)
                         self._replace(w, busy, done, "worker_died")
                         continue
-                    busy[w] = (task[0], time.monotonic() + self.timeout_s)
-            now = time.monotonic()
-            next_deadline = min((d for _, d in busy.values()), default=now + 1.0)
-            if wait_ready_s is not None and now - start > wait_ready_s:
+                    busy[w] = _Busy(task[0], time.monotonic(), w.cpu_seconds())
+            if wait_ready_s is not None and time.monotonic() - start > wait_ready_s:
                 raise RuntimeError(f"verifier workers not ready after {wait_ready_s} s")
-            for conn in wait([w.conn for w in self._workers], timeout=max(0.0, next_deadline - now)):
+            ready = wait([w.conn for w in self._workers], timeout=self._next_check(busy))
+            for conn in ready:
                 w = next(w for w in self._workers if w.conn is conn)
                 try:
                     msg = conn.recv()
@@ -166,23 +203,58 @@ class VerifierPool:
                     continue
                 if msg == "ready":
                     w.ready, self._failed_starts = True, 0
+                elif msg[0] == "unready":
+                    logger.warning("verifier worker %d failed its warm-up: %s", w.pid, msg[1])
+                    self._replace(w, busy, done, "warmup")
                 else:
-                    done(msg[0], msg[1])
+                    task_id, result, retire = msg
+                    done(task_id, result)
                     busy.pop(w, None)
-            now = time.monotonic()
-            for w, (_, deadline) in list(busy.items()):
-                if now >= deadline and not w.conn.poll():
+                    if retire:  # its budget fired: whatever it left half-built, it scores no more
+                        self._replace(w, busy, done, "budget")
+            for w, b in list(busy.items()):
+                if self._past_deadline(w, b) and not w.conn.poll():
                     self._replace(w, busy, done, "timeout")
+
+    def _past_deadline(self, w: VerifierProcess, b: _Busy) -> bool:
+        wall = time.monotonic() - b.wall_start
+        cpu = w.cpu_seconds()
+        if b.cpu_start is None or cpu is None:  # no /proc: the wall clock is all there is
+            return wall >= self.timeout_s
+        return cpu - b.cpu_start >= self.timeout_s or wall >= self.wall_timeout_s
+
+    def _next_check(self, busy: dict) -> float:
+        """Seconds until a busy worker may pass a deadline: CPU time grows no faster than wall time."""
+        if not busy:
+            return 1.0
+        now, soonest = time.monotonic(), float("inf")
+        for w, b in busy.items():
+            wall = now - b.wall_start
+            cpu = w.cpu_seconds()
+            if b.cpu_start is None or cpu is None:
+                soonest = min(soonest, self.timeout_s - wall)
+            else:
+                soonest = min(soonest, self.timeout_s - (cpu - b.cpu_start), self.wall_timeout_s - wall)
+        return max(0.02, soonest)  # /proc counts CPU in 10 ms ticks: no point polling faster
 
     def _replace(self, w: VerifierProcess, busy: dict, done, reason: str) -> None:
         if not w.ready:
             self._failed_starts += 1
-            if self._failed_starts > 3:
-                raise RuntimeError(f"verifier workers keep dying at start-up (exit code {w.proc.poll()})")
+            if self._failed_starts > MAX_FAILED_STARTS:
+                raise RuntimeError(f"{self._failed_starts} verifier workers in a row failed to start "
+                                   f"(last: {reason}, exit code {w.proc.poll()}); see the log for why")
         if w in busy:
-            done(busy.pop(w)[0], RewardResult(0.0, reason))
+            done(busy.pop(w).task_id, RewardResult(0.0, reason))
         w.kill(wait=False)
         self._dying.append(w)
-        self._workers[self._workers.index(w)] = VerifierProcess(self.verify_fn)
-        self.restarts += 1
+        self._workers[self._workers.index(w)] = self._spawn()
+        self.restart_reasons[reason] += 1
         logger.debug("verifier worker %d replaced (%s)", w.pid, reason)
+
+
+@dataclass
+class _Busy:
+    task_id: int
+    wall_start: float
+    cpu_start: float | None
+    """The worker's CPU seconds when the task was sent (None without /proc)."""

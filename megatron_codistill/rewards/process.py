@@ -11,6 +11,7 @@ from multiprocessing import Pipe
 
 logger = logging.getLogger(__name__)
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -21,12 +22,13 @@ class VerifierProcess:
     so fails from stdin, notebooks and scripts without a main guard.
     """
 
-    def __init__(self, verify_fn: str) -> None:
+    def __init__(self, verify_fn: str, warmup_budget_s: float) -> None:
         self.conn, child = Pipe(duplex=True)
         path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PYTHONPATH=path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "megatron_codistill.rewards.worker", str(child.fileno()), verify_fn],
+            [sys.executable, "-m", "megatron_codistill.rewards.worker", str(child.fileno()), verify_fn,
+             str(warmup_budget_s)],
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             env=env,
@@ -37,6 +39,15 @@ class VerifierProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used so far (Linux /proc; None elsewhere or once gone)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def kill(self, wait: bool = True) -> None:
         """SIGKILL; with wait=False return at once (the exit of a process that holds gigabytes can

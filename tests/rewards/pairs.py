@@ -1,0 +1,51 @@
+"""A fixed set of answer pairs and their verdicts on an idle machine, labelled by hand: fractions,
+decimals, pi, degrees, intervals, sets, tuples, lists, polynomials and radicals. Every pair but the
+last needs more than a text comparison (the answer is written differently from its gold)."""
+
+PAIRS = [
+    ("(1, -2)", "\\left(1,-2\\right)", "correct"),
+    ("45^\\circ", "45", "correct"),
+    ("\\pi/3", "\\frac{\\pi}{3}", "correct"),
+    ("x^2+2x+1", "(x+1)^2", "correct"),
+    ("-\\frac{7}{2}", "-3.5", "correct"),
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", "correct"),
+    ("3\\sqrt{3}", "\\sqrt{27}", "correct"),
+    ("[2, 5)", "[2,5)", "correct"),
+    ("\\frac{2}{4}", "\\frac{1}{2}", "correct"),
+    ("0.25", "\\frac14", "correct"),
+    ("\\dfrac{3}{5}", "0.6", "correct"),
+    ("\\frac{\\pi}{2}", "\\frac{1}{2}\\pi", "correct"),
+    ("\\sqrt{8}", "2\\sqrt{2}", "correct"),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}", "correct"),
+    ("x^2 - 1", "(x-1)(x+1)", "correct"),
+    ("2x + 3", "3 + 2x", "correct"),
+    ("(-\\infty, 3)", "(-\\infty,3)", "correct"),
+    ("(0, 1]", "(0,1]", "correct"),
+    ("[-2, 7]", "x \\in [-2,7]", "correct"),
+    ("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", "correct"),
+    ("1, -2", "-2,1", "correct"),
+    ("\\frac{1}{2}, 3", "3, 0.5", "correct"),
+    ("2.5", "\\frac{5}{2}", "correct"),
+    ("1.5 \\times 10^{3}", "1500", "correct"),
+    ("\\frac{7}{2}", "3.5", "correct"),
+    ("(0,9) \\cup (9,36)", "(0, 9) \\cup (9, 36)", "correct"),
+    ("(-2, 1)", "(1,-2)", "wrong"),
+    ("46^\\circ", "45", "wrong"),
+    ("\\pi/4", "\\frac{\\pi}{3}", "wrong"),
+    ("x^2+2x-1", "(x+1)^2", "wrong"),
+    ("\\{1,2\\}", "\\{1,2,3\\}", "wrong"),
+    ("2\\sqrt{3}", "\\sqrt{27}", "wrong"),
+    ("[2, 5]", "[2,5)", "wrong"),
+    ("-2", "-2,-2", "wrong"),
+    ("16, 3, 1", "16,3,1,1", "wrong"),
+    ("\\frac{3}{4}", "0.7", "wrong"),
+    ("0.33", "\\frac{1}{3}", "wrong"),
+    ("3\\pi", "\\frac{\\pi}{3}", "wrong"),
+    ("x+1", "x-1", "wrong"),
+    ("(1, 2, 3)", "(1,2)", "wrong"),
+    (None, "7", "no_answer"),
+]
+
+RESPONSES = [f"So the answer is $\\boxed{{{a}}}$." if a is not None else "I give up." for a, _, _ in PAIRS]
+GOLDS = [g for _, g, _ in PAIRS]
+IDLE_VERDICTS = [v for _, _, v in PAIRS]
