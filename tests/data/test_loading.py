@@ -1,5 +1,6 @@
 import json
 import re
+import traceback
 from pathlib import Path
 
 import pytest
@@ -63,21 +64,100 @@ def test_numbers_and_field_overrides(tmp_path):
     "rows, preset, message",
     [
         ([{"question": "a", "answer": "x\n#### 1"}, {"question": "b"}], "gsm8k",
-         "row 1: field 'answer' is missing or null"),
+         "2 (row 1): field 'answer' is missing or null"),
         ([{"question": "a", "answer": "no marker"}], "gsm8k",
-         "row 0: field 'answer' lacks a '#### answer' line"),
-        ([{"problem": "a", "solution": "no box"}], "minerva", "row 0: field 'solution' lacks a complete"),
-        ([{"problem": "a", "solution": "\\boxed{1"}], "minerva", "row 0: field 'solution' lacks a complete"),
-        ([{"problem": " ", "answer": "1"}], "math", "row 0: field 'problem' is empty"),
+         "1 (row 0): field 'answer' lacks a '#### answer' line"),
+        ([{"problem": "a", "solution": "no box"}], "minerva", "1 (row 0): field 'solution' lacks a complete"),
+        ([{"problem": "a", "solution": "\\boxed{1"}], "minerva", "1 (row 0): field 'solution' lacks a complete"),
+        ([{"problem": " ", "answer": "1"}], "math", "1 (row 0): field 'problem' is empty"),
         ([{"problem": "a", "answer": "1"}, {"problem": ["x"], "answer": "1"}], "math",
-         "row 1: field 'problem' is list"),
-        ([{"problem": "a", "answer": True}], "math", "row 0: field 'answer' is bool"),
+         "2 (row 1): field 'problem' is list"),
+        ([{"problem": "a", "answer": True}], "math", "1 (row 0): field 'answer' is bool"),
+        ([{"question": "a", "final_answer": []}], "olympiadbench", "1 (row 0): field 'final_answer' is list"),
     ],
 )
-def test_bad_row_names_file_row_and_field(tmp_path, rows, preset, message):
+def test_bad_row_names_file_line_row_and_field(tmp_path, rows, preset, message):
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(ValueError, match="bad.jsonl: " + message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match="bad.jsonl:" + message.replace("(", r"\(").replace(")", r"\)")):
         load_examples(path, preset=preset)
+
+
+def test_parquet_rows_are_named_by_index(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([{"problem": "a", "answer": "1"}, {"problem": "", "answer": "2"}]).to_parquet(
+        str(tmp_path / "d.parquet"))
+    with pytest.raises(ValueError, match=r"d.parquet: row 1: field 'problem' is empty"):
+        load_examples(str(tmp_path / "d.parquet"), preset="math")
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"problem": "a", "answer": "1"}', '{"problem": "b", "answer": 2', ""],
+         r"bad.jsonl:2: not valid JSON \(Expecting ',' delimiter at column 29\)"),
+        (['{"problem": "a", "answer": "1"}', "", '["problem", "b"]'],
+         r"bad.jsonl:3: a JSON list; expected an object of named fields"),
+    ],
+)
+def test_malformed_jsonl_line_is_one_line_naming_file_and_line(tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message) as e:
+        load_examples(str(path), preset="math")
+    assert "\n" not in str(e.value)
+    chain = "".join(traceback.format_exception(e.value))
+    assert "During handling" not in chain and "direct cause" not in chain  # no chained library traceback
+
+
+def test_blank_lines_keep_line_numbers_right(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text('{"problem": "a", "answer": "1"}\n\n\n{"problem": "b"}\n')
+    with pytest.raises(ValueError, match=r"gaps.jsonl:4 \(row 1\): field 'solution' is missing"):
+        load_examples(str(path), preset="math")  # no answer column: falls back to the solution's box
+
+
+# Rows in the published layouts (field names and types as the hub datasets have them; the content is made up)
+AIME_H4 = {"id": 60, "problem": "Find $x$.", "solution": "So $x = 204$.", "answer": "204", "url": "u", "year": "2024"}
+AIME_MJ = {"ID": "2024-I-1", "Problem": "Find $y$.", "Solution": "So $y=25$.", "Answer": 25}
+AMC_MATHAI = {"id": 0, "question": "How many?", "answer": 27.0, "url": "u"}
+AMC_AIMO = {"id": 1, "problem": "How far?", "answer": 3.5, "url": "u"}
+OLYMPIAD = {
+    "id": 1606, "question": "Find all pairs $(a, b)$.", "solution": ["First, ...", "Hence $a=b=2$."],
+    "final_answer": ["$(2,2)$", "$(3,4)$"], "context": None, "image_1": None, "modality": "Text-only",
+    "difficulty": "Competition", "is_multiple_answer": True, "unit": None, "answer_type": "Tuple",
+    "error": None, "question_type": "Open-ended", "subfield": "Number Theory", "subject": "Math",
+    "language": "English",
+}
+OLYMPIAD_PHYSICS = {**OLYMPIAD, "id": 7, "question": "Find the speed.", "context": "A ball falls.",
+                    "final_answer": ["$3 \\times 10^{8}$"], "solution": ["v = c"], "is_multiple_answer": False,
+                    "unit": "m/s", "answer_type": "Numerical", "error": "1e6"}
+
+
+@pytest.mark.parametrize(
+    "preset, rows, expected",
+    [
+        ("aime24", [AIME_H4], [("Find $x$.", "204", "So $x = 204$.")]),
+        ("aime24", [AIME_MJ], [("Find $y$.", "25", "So $y=25$.")]),
+        ("amc23", [AMC_MATHAI], [("How many?", "27", None)]),
+        ("amc23", [AMC_AIMO], [("How far?", "3.5", None)]),
+        ("olympiadbench", [OLYMPIAD, OLYMPIAD_PHYSICS], [
+            ("Find all pairs $(a, b)$.", "(2,2), (3,4)", "First, ...\n\nHence $a=b=2$."),
+            ("A ball falls.\n\nFind the speed.", "3 \\times 10^{8}", "v = c"),
+        ]),
+    ],
+)
+def test_benchmark_presets_read_their_published_layouts(tmp_path, preset, rows, expected):
+    for suffix in (".jsonl", ".parquet"):
+        path = tmp_path / f"{preset}{suffix}"
+        if suffix == ".jsonl":
+            write_jsonl(path, rows)
+        else:
+            import datasets
+
+            datasets.Dataset.from_list(rows).to_parquet(str(path))
+        got = load_examples(str(path), preset=preset)
+        assert [(e.question, e.answer, e.solution) for e in got] == expected
 
 
 def test_errors_for_paths_and_names(tmp_path):
