@@ -1,12 +1,13 @@
 """`codistill`: the command line. Only this module sees argparse namespaces.
 
-Subcommands: train, config show, convert, eval, plan, plot. Each imports its component lazily so
+Subcommands: train, config show, convert, export, eval, plan, plot. Each imports its component lazily so
 that `codistill --help` is instant and a missing optional dependency only affects its subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -43,6 +44,26 @@ def _run_config_show(args) -> int:
     if args.world_size is not None:
         validate(cfg, args.world_size)
     sys.stdout.write(to_yaml(cfg))
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a training checkpoint's models as Hugging Face directories")
+    p.add_argument("run_dir", help="run directory of `codistill train` (holds config.yaml and checkpoints/)")
+    p.add_argument("--step", type=int, default=None, help="RL step of the checkpoint (default: the newest)")
+    p.add_argument("--out", required=True,
+                   help="output directory: the HF directory itself for one model, DIR/small and DIR/large for both")
+    p.add_argument("--model", choices=("small", "large", "both"), default="both")
+    p.add_argument("--overwrite", action="store_true", help="replace existing exports in --out")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from megatron_codistill.trainer.export import export_main
+
+    for name, path in export_main(args.run_dir, args.out, step=args.step, model=args.model,
+                                  overwrite=args.overwrite).items():
+        sys.stdout.write(f"{name}: {path}\n")
     return 0
 
 
@@ -104,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
               "megatron_codistill.eval.cli", "add_eval_args", "run_eval_cli", owns_parser=False)
     _add_lazy(sub, "plan", "plan memory and step time of a model pair on a GPU cluster",
               "megatron_codistill.planner.cli", "add_plan_args", "run_plan_cli", owns_parser=True)
+    _add_export(sub)
     _add_plot(sub)
     return parser
 
@@ -116,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as e:
         sys.stderr.write(f"config error: {e}\n")
+        return 2
+    except ValueError as e:  # user input (files, checkpoints, tokenizers): the message names it
+        if os.environ.get("CODISTILL_TRACEBACK"):
+            raise
+        sys.stderr.write(f"error: {e}\n(set CODISTILL_TRACEBACK=1 for the traceback)\n")
         return 2
 
 

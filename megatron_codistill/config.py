@@ -125,6 +125,10 @@ class SGLangConfig:
     """HTTP timeout of one request."""
     retries: int = 2
     """Retries of a failed request before the server is declared dead."""
+    weight_group_address: str = ""
+    """Address of the trainer's global rank 0 that the servers dial for `weight_sync: nccl`; empty =
+    MASTER_ADDR unless it is a loopback name (slurm/codistill.sbatch exports the first trainer host),
+    else this host's address on the route to the first server. Never gethostname()'s 127.0.1.1."""
 
 
 @dataclass
@@ -191,6 +195,9 @@ class WarmStartConfig:
     """Sequences per warm-start step (split over data-parallel ranks)."""
     solution_field: str = "solution"
     """Dataset field holding the gold solution text (the response to imitate)."""
+    checkpoint_every: int = 100
+    """Checkpoint the warm start's progress every N of its steps (a signal also checkpoints it); 0 = only
+    on a signal."""
 
 
 @dataclass
@@ -306,8 +313,8 @@ class DataConfig:
     """Override of the preset's reference-answer field."""
     max_prompt_tokens: int | None = None
     """Drop training prompts longer than this (tokens)."""
-    shuffle_seed: int = 0
-    """Seed of the shuffled epochs."""
+    shuffle_seed: int | None = None
+    """Seed of the shuffled epochs; None = run.seed (so the seeds of a study see different prompt orders)."""
     eval: list[EvalSetConfig] = field(default_factory=list)
     """Held-out sets evaluated every run.eval_every steps."""
 
@@ -492,6 +499,10 @@ def validate(cfg: Config, world_size: int) -> None:
     if cfg.reward.kind == "plugin":
         _check(bool(cfg.reward.plugin), "reward.kind is plugin but reward.plugin is empty; give "
                "'package.module:function'")
+    if a.mode in ("kd_grpo", "opd"):
+        _check(bool(cfg.large.checkpoint) or cfg.warm_start.large_steps > 0,
+               f"algorithm.mode={a.mode} keeps the large model frozen as the teacher, but it has no weights: "
+               "set large.checkpoint (HF or converted Megatron checkpoint) or warm_start.large_steps > 0")
     _check(bool(cfg.data.train) or (a.mode == "sft" and bool(a.sft.file)),
            "data.train is empty: give a jsonl/json/parquet file or a hub dataset name")
     if cfg.rollout.engine == "sglang":

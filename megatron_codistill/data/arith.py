@@ -28,14 +28,16 @@ def make_problem(rng: random.Random, digits: int) -> dict[str, str]:
     return {"prompt": f"{sa}+{sb}=", "solution": ",".join(steps) + ";" + answer, "answer": answer}
 
 
-def write_dataset(path: str | Path, n: int, digits: int, seed: int) -> Path:
-    """Write `n` problems as JSONL to `path` (deterministic in `seed`)."""
+def write_dataset(path: str | Path, n: int, digits: int, seed: int, *, min_digits: int | None = None) -> Path:
+    """Write `n` problems as JSONL to `path` (deterministic in `seed`); with `min_digits`, each problem's
+    operand length is drawn uniformly from [min_digits, digits]."""
     rng = random.Random(seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for _ in range(n):
-            f.write(json.dumps(make_problem(rng, digits)) + "\n")
+            d = digits if min_digits is None else rng.randint(min_digits, digits)
+            f.write(json.dumps(make_problem(rng, d)) + "\n")
     return path
 
 

@@ -16,8 +16,9 @@ from megatron_codistill.trainer.checkpoint import CheckpointManager
 from megatron_codistill.trainer.engines import build_engine, sync_engine
 from megatron_codistill.trainer.modes import Mode, resolve_mode
 from megatron_codistill.trainer.policy import Policy
-from megatron_codistill.trainer.prompts import PromptStream, load_tokenizer
+from megatron_codistill.trainer.prompts import PromptStream
 from megatron_codistill.trainer.task_reward import build_reward
+from megatron_codistill.trainer.tokenizers import load_run_tokenizer
 
 log = get_logger(__name__)
 
@@ -37,7 +38,6 @@ class Run:
     reward: object
     checkpoints: CheckpointManager
     pad_id: int
-    tokenizer_dir: str | None = None
     engine_version: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -48,6 +48,15 @@ class Run:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def layout_coordinates(self) -> dict[str, dict[str, int]]:
+        """{model: this rank's tp/pp/dp rank and size, and its first layer}: saved in each rank's checkpoint
+        file so that tools can reassemble full models from the files alone (see trainer.export)."""
+        from megatron_codistill.convert.model_io import layer_offset
+
+        return {name: {"tp": p.layout.tp, "tp_rank": p.layout.tp_rank, "pp": p.layout.pp,
+                       "pp_rank": p.layout.pp_rank, "dp": p.layout.dp, "dp_rank": p.layout.dp_rank,
+                       "layer_offset": layer_offset(p.module)} for name, p in self.policies.items()}
 
     def sync_weights(self, step: int) -> dict[str, float]:
         """Push the generator's weights to the rollout engine (collective); sync metrics."""
@@ -63,27 +72,34 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed)
 
 
+def job_layout(cfg: Config, world_size: int) -> dict:
+    """What a checkpoint must match to be resumed: the world size and the large model's TP x PP."""
+    return {"world_size": world_size, "large": {"tensor_parallel": cfg.large.tensor_parallel,
+                                                "pipeline_parallel": cfg.large.pipeline_parallel}}
+
+
 def build_run(cfg: Config, *, sft: bool = False) -> Run:
+    """Every input is read and checked first (config, tokenizers, data and eval files), then the models."""
     rank, world = init_distributed()
     validate(cfg, world)
-    seed_everything(cfg.run.seed, rank)
     mode = resolve_mode(cfg.algorithm) if not sft else None
+    needs = {"small": True, "large": True} if sft else {"small": mode.needs_small, "large": mode.needs_large}
+    tokenizer = load_run_tokenizer(cfg, [n for n in ("small", "large") if needs[n]])
+    prompts = PromptStream(cfg, tokenizer, rank=rank, world_size=world)
+    seed_everything(cfg.run.seed, rank)
     large_layout, small_layout = build_layouts(tp=cfg.large.tensor_parallel, pp=cfg.large.pipeline_parallel,
                                                seed=cfg.run.seed)
     layouts = {"large": large_layout, "small": small_layout}
     a = cfg.algorithm
-    steps_per_rl_step = a.epochs_per_step * a.mini_batches
-    total = cfg.run.steps * steps_per_rl_step
+    total = cfg.run.steps * a.epochs_per_step * a.mini_batches
     policies: dict[str, Policy] = {}
-    needs = {"small": True, "large": True} if sft else {"small": mode.needs_small, "large": mode.needs_large}
     for name, seed_offset in (("large", 1), ("small", 2)):
         if not needs[name]:
             continue
         trainable = True if sft else (mode.train_small if name == "small" else mode.train_large)
         policies[name] = Policy(name, getattr(cfg, name), layouts[name], total_steps=total,
                                 seed=cfg.run.seed + seed_offset, with_reference=trainable and a.kl_beta > 0,
-                                trainable=trainable)
-    tokenizer = load_tokenizer(cfg)
+                                trainable=trainable, warm_start=getattr(cfg.warm_start, f"{name}_steps") > 0)
     generator = "large" if sft else mode.generator
     engine = build_engine(cfg, policies[generator], rank=rank, pad_id=tokenizer.pad_token_id)
     s = cfg.rollout.sampling
@@ -91,12 +107,10 @@ def build_run(cfg: Config, *, sft: bool = False) -> Run:
     sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                               max_new_tokens=s.max_new_tokens,
                               stop_token_ids=(tokenizer.eos_token_id, *stop), seed=None)
-    prompts = PromptStream(cfg, tokenizer, rank=rank, world_size=world)
     run = Run(cfg=cfg, mode=mode, rank=rank, world_size=world, layouts=layouts, policies=policies,
               engine=engine, sampling=sampling, tokenizer=tokenizer, prompts=prompts,
               reward=build_reward(cfg.reward), pad_id=tokenizer.pad_token_id,
               checkpoints=CheckpointManager(cfg.run.dir, rank=rank, world_size=world,
-                                            keep_last=cfg.checkpoint.keep_last))
-    run.tokenizer_dir = cfg.small.tokenizer or cfg.small.checkpoint or cfg.small.hf_config
+                                            keep_last=cfg.checkpoint.keep_last, layout=job_layout(cfg, world)))
     run.extra["config"] = to_dict(cfg)
     return run

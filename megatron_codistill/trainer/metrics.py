@@ -42,20 +42,25 @@ class MetricsLogger:
     """Writes `<run_dir>/metrics.jsonl` (one object per step), TensorBoard and W&B on rank 0."""
 
     def __init__(self, run_dir: str | Path, *, rank: int, total_steps: int, start_step: int = 0,
-                 tensorboard: bool = True, wandb_project: str | None = None,
+                 keep_through: int | None = None, tensorboard: bool = True, wandb_project: str | None = None,
                  wandb_run_name: str | None = None, progress: bool = True, config: dict | None = None):
+        """keep_through: the step of the checkpoint the run continues from; rows logged after it by the
+        interrupted run are dropped (JSONL and TensorBoard), so every step appears once. None drops all."""
         self.active = rank == 0
         self.run_dir = Path(run_dir)
         self._jsonl = self._tb = self._wandb = self._bar = None
         if not self.active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
+        path = self.run_dir / "metrics.jsonl"
+        truncate_metrics(path, keep_through)
+        self._jsonl = open(path, "a")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                purge = 0 if keep_through is None else keep_through + 1
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
             except ImportError as e:
                 log.warning("tensorboard disabled: %s", e)
         if wandb_project:
@@ -97,6 +102,23 @@ class MetricsLogger:
 
 
 _PROGRESS_KEYS = ("small/task_reward", "large/task_reward", "kd/reward_mean", "time/step")
+
+
+def truncate_metrics(path: Path, keep_through: int | None) -> None:
+    """Keep the rows of `path` with step <= keep_through (none if None), atomically."""
+    if not path.exists():
+        return
+    kept = []
+    if keep_through is not None:
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= keep_through:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a partial last line of a killed run
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

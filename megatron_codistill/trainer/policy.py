@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 
@@ -32,7 +31,10 @@ class Policy:
     """One model: `logprobs(tokens)`, `update(tokens, loss_fn)`, weight export and state."""
 
     def __init__(self, name: str, cfg: ModelConfig, layout: ModelLayout, *, total_steps: int,
-                 seed: int, with_reference: bool = False, trainable: bool = True):
+                 seed: int, with_reference: bool = False, trainable: bool = True,
+                 warm_start: bool = False):
+        """trainable: the model learns in RL; warm_start: it takes supervised steps first (a frozen
+        model then keeps an optimizer until `freeze`)."""
         self.name, self.cfg, self.layout = name, cfg, layout
         self.arch: ModelArch = model_arch(cfg, name)
         self.trainable = trainable
@@ -46,7 +48,7 @@ class Policy:
         if cfg.checkpoint:
             load_weights(module, self.arch, layout, cfg.checkpoint)
         self.model, self.optimizer, self.scheduler = module, None, None
-        if trainable:
+        if trainable or warm_start:
             o = cfg.optimizer
             self.model, self.optimizer, self.scheduler = optim.build_optimizer(
                 module, layout, lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
@@ -81,25 +83,44 @@ class Policy:
                                 **self._micro_batching(lengths))
 
     def update(self, tokens: torch.Tensor, loss_fn: LossFn, *, with_entropy: bool = False,
-               lengths: torch.Tensor | None = None, batch_metrics: dict | None = None) -> dict:
+               lr: float | None = None, lengths: torch.Tensor | None = None,
+               batch_metrics: dict | None = None) -> dict:
         """One optimizer step on `tokens` [B, T] with the per-micro-batch `loss_fn` (see train_step).
-        lengths: [B] real tokens per row; batch_metrics: reported with the step's (see train_step)."""
-        if not self.trainable:
-            raise RuntimeError(f"{self.name} model is frozen in this mode")
-        self.model.train()
-        return train_step(self.model, self.optimizer, self.layout, tokens, loss_fn, scheduler=self.scheduler,
-                          with_entropy=with_entropy, batch_metrics=batch_metrics, **self._micro_batching(lengths))
 
-    def set_lr(self, lr: float) -> None:
-        """Override the scheduled learning rate (warm start); `reset_optimizer` restores it."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr: None steps the RL schedule (the step runs at its current value, then it advances);
+        a number runs this step at `lr` and leaves the schedule where it is (the warm start).
+        lengths: [B] real tokens per row; batch_metrics: reported with the step's (see train_step).
+        """
+        if self.optimizer is None:
+            raise RuntimeError(f"{self.name} model is frozen in this mode")
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.model.train()
+        return train_step(self.model, self.optimizer, self.layout, tokens, loss_fn,
+                          scheduler=self.scheduler if lr is None else None, with_entropy=with_entropy,
+                          batch_metrics=batch_metrics, **self._micro_batching(lengths))
 
     def reset_optimizer(self) -> None:
-        """Forget Adam moments and return to the schedule's learning rate (after a warm start)."""
+        """Forget Adam moments and return to the start of the RL schedule (after a warm start).
+
+        The warm start never advances the schedule (see `update(lr=...)`); the rewind also covers a
+        schedule stepped by anything else before RL, so RL step k always runs at the schedule's value k.
+        """
         for sub in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
             sub.optimizer.state.clear()
+        self.scheduler.num_steps = 0
         self.scheduler.step(increment=0)
+
+    def reset_reference(self) -> None:
+        """Make the frozen KL reference a copy of the current weights (after a warm start)."""
+        if self.reference is not None:
+            self.reference.load_state_dict(self.module.state_dict())
+
+    def freeze(self) -> None:
+        """Drop the optimizer of a model that learns only in the warm start (a frozen teacher)."""
+        self.optimizer = self.scheduler = None
+        self.trainable = False
 
     def export_hf(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """Full HF-named weights in buckets, on every rank of the model group (collective)."""
@@ -107,13 +128,6 @@ class Policy:
 
         return export_hf_weights(self.module, self.arch, tp_group=self.layout.tp_group,
                                  pp_group=self.layout.pp_group, bucket_bytes=bucket_bytes)
-
-    def save_hf(self, out_dir: str | Path, tokenizer_dir: str | None) -> None:
-        """Write a Hugging Face checkpoint of the current weights (collective; rank 0 writes)."""
-        from megatron_codistill.convert.live import save_hf_from_model
-
-        save_hf_from_model(self.module, self.arch, str(out_dir), tp_group=self.layout.tp_group,
-                           pp_group=self.layout.pp_group, tokenizer_dir=tokenizer_dir)
 
     def state_dict(self) -> dict:
         state = {"model": self.module.state_dict()}
@@ -124,8 +138,15 @@ class Policy:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`. A frozen model saved after its warm start has no optimizer state:
+        loading it freezes this one too."""
         self.module.load_state_dict(state["model"])
+        if self.optimizer is not None and "optimizer" not in state and not self.trainable:
+            self.freeze()
         if self.optimizer is not None:
+            if "optimizer" not in state:
+                raise ValueError(f"the checkpoint has no optimizer state for the {self.name} model, "
+                                 "which trains in this run")
             optim.load_state_dict(self.optimizer, self.scheduler, state["optimizer"])
         if self.reference is not None:
             self.reference.load_state_dict(state["reference"])

@@ -26,21 +26,6 @@ class Problem:
     """A given response (sft from a file of solutions)."""
 
 
-def load_tokenizer(cfg: Config):
-    """The tokenizer shared by both models (the small model's; the large one must match)."""
-    from transformers import AutoTokenizer
-
-    for name in ("small", "large"):
-        m = getattr(cfg, name)
-        path = m.tokenizer or m.checkpoint or m.hf_config
-        if path:
-            tok = AutoTokenizer.from_pretrained(path)
-            if tok.pad_token_id is None:
-                tok.pad_token = tok.eos_token
-            return tok
-    raise ValueError("no tokenizer: set small.tokenizer (or small.checkpoint / small.hf_config)")
-
-
 def _problems(path: str, preset: str, d: DataConfig, tokenizer, *, split: str = "train",
               limit: int | None = None, max_prompt_tokens: int | None = None) -> list[Problem]:
     from megatron_codistill import data
@@ -63,7 +48,8 @@ class PromptStream:
         self.cfg, self.tokenizer, self.rank, self.world_size = cfg, tokenizer, rank, world_size
         self.problems = _problems(cfg.data.train, cfg.data.preset, cfg.data, tokenizer, split=cfg.data.split,
                                   max_prompt_tokens=cfg.data.max_prompt_tokens)
-        self.sampler = data.EpochSampler(len(self.problems), seed=cfg.data.shuffle_seed)
+        seed = cfg.run.seed if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed
+        self.sampler = data.EpochSampler(len(self.problems), seed=seed)
         self.per_rank = cfg.algorithm.prompts_per_step // world_size
         self._eval: dict[str, list[Problem]] = {}
 

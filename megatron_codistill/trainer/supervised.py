@@ -1,4 +1,4 @@
-"""Supervised phases: the warm start on gold solutions, and `sft` mode (chain-of-thought distillation).
+"""`sft` mode (chain-of-thought distillation) and the supervised update the warm start shares.
 
 `sft` mode (DESIGN §2): each step the teacher (the large model, through the rollout engine) samples
 `sft.samples_per_problem` solutions per prompt, the correct ones are kept and the student (the small
@@ -8,9 +8,6 @@ phase checkpoints and resumes like RL.
 """
 
 from __future__ import annotations
-
-import math
-import random
 
 import torch
 
@@ -37,8 +34,10 @@ def pack(run, pairs: list[tuple[list[int], list[int]]], rows: int) -> RolloutBat
     return batch
 
 
-def sft_update(run, names: list[str], pairs: list[tuple[list[int], list[int]]], rows: int) -> dict:
-    """One optimizer step of each model in `names` on the pairs of all ranks (`rows` per rank)."""
+def sft_update(run, names: list[str], pairs: list[tuple[list[int], list[int]]], rows: int, *,
+               lr: float | None = None) -> dict:
+    """One optimizer step of each model in `names` on the pairs of all ranks (`rows` per rank);
+    `lr` None follows each model's schedule, a number runs the step at it (see Policy.update)."""
     batch = gather_batch(pack(run, pairs, rows), run.pad_id)
     metrics: dict[str, float] = {}
     for name in names:
@@ -46,39 +45,9 @@ def sft_update(run, names: list[str], pairs: list[tuple[list[int], list[int]]], 
         part = take_rows(batch, row_slice(batch.tokens.shape[0], 1, policy.layout.dp_rank, policy.layout.dp))
         mask = part.response_mask
         den = obj.global_denominator(mask, "token_mean", policy.layout.dp_group, policy.layout.dp)
-        out = policy.update(part.tokens, obj.sft_loss_fn(mask, den))
+        out = policy.update(part.tokens, obj.sft_loss_fn(mask, den), lr=lr)
         metrics.update({f"{name}/{k}": float(v) for k, v in out.items()})
     return metrics
-
-
-def gold_pairs(run, n: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """`n` (prompt, gold solution + EOS) pairs drawn at random from the training set."""
-    problems = run.prompts.sample(n, random.Random(seed))
-    eos = run.tokenizer.eos_token_id
-    return [(p.prompt_ids, run.tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [eos])
-            for p in problems]
-
-
-def warm_start(run) -> bool:
-    """Supervised steps on gold solutions before RL (fresh runs; config `warm_start`). True if any."""
-    w = run.cfg.warm_start
-    did = False
-    per_rank = max(w.batch_size // run.world_size, 1)
-    for name, steps, lr in (("small", w.small_steps, w.small_lr), ("large", w.large_steps, w.large_lr)):
-        policy = run.policies.get(name)
-        if not steps or policy is None or not policy.trainable:
-            continue
-        for i in range(steps):
-            policy.set_lr(lr * 0.5 * (1 + math.cos(math.pi * i / steps)))  # cosine to 0
-            seed = (run.cfg.run.seed * 7919 + i) * 1009 + run.rank
-            metrics = sft_update(run, [name], gold_pairs(run, per_rank, seed), per_rank)
-            if i % 50 == 0 or i == steps - 1:
-                log.info("warm start %s %d/%d: nll %.4f", name, i + 1, steps, metrics[f"{name}/loss"])
-        policy.reset_optimizer()
-        did = True
-    if did:
-        run.sync_weights(0)
-    return did
 
 
 def sft_step(run, step: int) -> dict[str, float]:

@@ -1,27 +1,33 @@
-"""`codistill train CONFIG`: the loop. generate, reward, score, update, sync; evaluate, log, save."""
+"""`codistill train CONFIG`: the loop. warm start, evaluate at step 0; then per step generate, reward,
+score, update, sync; evaluate, log, save; at the end a summary table and plots."""
 
 from __future__ import annotations
 
 import math
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from megatron_codistill.config import load_config
+from megatron_codistill.config import load_config, to_yaml
 from megatron_codistill.log import get_logger
 from megatron_codistill.trainer import supervised
 from megatron_codistill.trainer.build import Run, build_run
-from megatron_codistill.trainer.checkpoint import rng_state, set_rng_state
+from megatron_codistill.trainer.checkpoint import rng_state, set_rng_state, step_dir_name, warmup_dir_name
 from megatron_codistill.trainer.evaluate import evaluate
+from megatron_codistill.trainer.export import export_step, has_export
 from megatron_codistill.trainer.metrics import MetricsLogger
+from megatron_codistill.trainer.report import write_summary
 from megatron_codistill.trainer.step import rl_step
+from megatron_codistill.trainer.warm_start import plan, warm_start
 
 log = get_logger(__name__)
 
 
 class StopFlag:
-    """Set by SIGTERM / SIGUSR1 (SLURM preemption); ranks agree on it once per step."""
+    """Set by SIGTERM / SIGUSR1 (SLURM preemption); ranks agree on it between steps."""
 
     def __init__(self) -> None:
         self.local = False
@@ -38,6 +44,15 @@ class StopFlag:
         return bool(flag.item())
 
 
+@dataclass
+class Start:
+    """Where a run (re)starts: after RL step `step`, or inside the warm start with `warm` progress."""
+
+    step: int = 0
+    warm: dict[str, int] | None = None
+    """{model: warm-start steps done}; None once the warm start is complete."""
+
+
 def train_main(config_path: str, overrides: list[str], *, resume: bool = False) -> int:
     stop = StopFlag()  # before anything slow: a signal during setup is honoured at the first boundary
     cfg = load_config(config_path, overrides)
@@ -48,22 +63,19 @@ def train_main(config_path: str, overrides: list[str], *, resume: bool = False) 
 
 def train(run: Run, *, resume: bool = False, stop: StopFlag | None = None) -> None:
     cfg, stop = run.cfg, stop or StopFlag()
-    step = restore(run) if resume else None
-    if step is None:
-        step = 0
-        if supervised.warm_start(run):
-            save(run, 0)
-    if stop.agreed():
-        log.info("preempted at step %d: checkpoint saved, exiting", step)
-        run.engine.shutdown()
-        return
-    logger = MetricsLogger(cfg.run.dir, rank=run.rank, total_steps=cfg.run.steps, start_step=step,
+    start = begin(run, resume)
+    logger = MetricsLogger(cfg.run.dir, rank=run.rank, total_steps=cfg.run.steps, start_step=start.step,
+                           keep_through=None if start.warm is not None else start.step,
                            tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                            wandb_run_name=cfg.logging.wandb_run_name, progress=cfg.logging.progress,
                            config=run.extra["config"])
     step_fn = supervised.sft_step if run.mode is None else rl_step
     try:
-        while step < cfg.run.steps:
+        if start.warm is not None and not step_zero(run, start.warm, stop, logger):
+            log.info("preempted during the warm start: progress checkpointed, exiting")
+            return
+        step, preempted = start.step, False
+        while step < cfg.run.steps and not preempted:
             step += 1
             metrics = step_fn(run, step)
             check_finite(metrics, step)
@@ -74,12 +86,44 @@ def train(run: Run, *, resume: bool = False, stop: StopFlag | None = None) -> No
             every = cfg.checkpoint.every
             if preempted or step == cfg.run.steps or (every and step % every == 0):
                 save(run, step)
-            if preempted:
-                log.info("preempted at step %d: checkpoint saved, exiting", step)
-                break
+        if preempted:
+            log.info("preempted at step %d: checkpoint saved, exiting", step)
+        elif run.rank == 0:
+            write_summary(cfg.run.dir)
     finally:
         logger.close()
         run.engine.shutdown()
+
+
+def begin(run: Run, resume: bool) -> Start:
+    """Restore the newest intact checkpoint (with --resume) or check the run directory is fresh."""
+    if run.rank == 0:
+        Path(run.cfg.run.dir).mkdir(parents=True, exist_ok=True)
+        (Path(run.cfg.run.dir) / "config.yaml").write_text(to_yaml(run.cfg))
+    if resume:
+        start = restore(run)
+        if start is not None:
+            return start
+    elif run.checkpoints.candidates():
+        newest = run.checkpoints.candidates()[0]
+        raise ValueError(f"{run.cfg.run.dir} already holds checkpoints (newest {newest.name}): pass --resume "
+                         "to continue that run, or set run.dir to a new directory")
+    return Start(step=0, warm={})
+
+
+def step_zero(run: Run, progress: dict[str, int], stop: StopFlag, logger: MetricsLogger) -> bool:
+    """Warm start (or its rest), then evaluation at step 0 and the step-0 checkpoint. False if stopped."""
+    done = warm_start(run, progress, should_stop=stop.agreed,
+                      checkpoint=lambda p: save(run, 0, warm=p))
+    if not done:
+        return False
+    if plan(run):
+        run.sync_weights(0)
+    if run.cfg.run.eval_every:
+        logger.log(0, evaluate(run))
+    if plan(run):
+        save(run, 0)
+    return True
 
 
 def check_finite(metrics: dict[str, float], step: int) -> None:
@@ -90,35 +134,40 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
                                      "resume from it with a lower learning rate")
 
 
-def save(run: Run, step: int) -> None:
+def save(run: Run, step: int, *, warm: dict[str, int] | None = None) -> None:
+    """Checkpoint after RL step `step` (or inside the warm start, with its progress); HF export after."""
     rank_state = {"policies": {k: p.state_dict() for k, p in run.policies.items()}, "rng": rng_state(),
-                  "engine_rng": run.engine.rng_state()}
-    shared = {"prompts": run.prompts.state_dict(), "engine_version": run.engine_version,
-              "mode": run.cfg.algorithm.mode}
-    path = run.checkpoints.save(step, rank_state, shared)
-    if run.cfg.checkpoint.export_hf:
-        for name, policy in run.policies.items():
-            policy.save_hf(path / "hf" / name, tokenizer_dir=run.tokenizer_dir)
+                  "engine_rng": run.engine.rng_state(), "layouts": run.layout_coordinates()}
+    shared = {"step": step, "warm_start": warm, "prompts": run.prompts.state_dict(),
+              "engine_version": run.engine_version, "mode": run.cfg.algorithm.mode}
+    name = warmup_dir_name(sum(warm.values())) if warm is not None else step_dir_name(step)
+    path = run.checkpoints.save(name, rank_state, shared)
+    if warm is None and run.cfg.checkpoint.export_hf:
+        export_step(run, path)
 
 
-def restore(run: Run) -> int | None:
-    """Load the newest complete checkpoint; its step, or None when there is none (fresh start)."""
-    path = run.checkpoints.latest()
-    if path is None:
+def restore(run: Run) -> Start | None:
+    """Load the newest intact checkpoint; where to continue, or None when there is none (fresh start)."""
+    loaded = run.checkpoints.load_latest()
+    if loaded is None:
         log.info("--resume: no complete checkpoint in %s, starting fresh", run.checkpoints.root)
         return None
-    state, shared = run.checkpoints.load(path)
+    state, shared = loaded.rank_state, loaded.shared
     if shared.get("mode") != run.cfg.algorithm.mode:
-        raise ValueError(f"{path} was saved by mode {shared.get('mode')!r}, this run is "
+        raise ValueError(f"{loaded.path} was saved by mode {shared.get('mode')!r}, this run is "
                          f"{run.cfg.algorithm.mode!r}; use a new run.dir")
     missing = set(run.policies) - set(state["policies"])
     if missing:
-        raise ValueError(f"{path} has no state for model(s) {sorted(missing)}")
+        raise ValueError(f"{loaded.path} has no state for model(s) {sorted(missing)}")
     for name, policy in run.policies.items():
         policy.load_state_dict(state["policies"][name])
     set_rng_state(state["rng"])
     run.prompts.load_state_dict(shared["prompts"])
     run.sync_weights(shared["engine_version"])
     run.engine.set_rng_state(state.get("engine_rng", {}))
-    log.info("resumed from %s (step %d)", path, shared["step"])
-    return shared["step"]
+    warm = shared.get("warm_start")
+    where = f"warm start {warm}" if warm is not None else f"step {shared['step']}"
+    log.info("resumed from %s (%s)", loaded.path, where)
+    if warm is None and run.cfg.checkpoint.export_hf and not has_export(run, loaded.path):
+        export_step(run, loaded.path)  # the run stopped between the checkpoint and its export
+    return Start(step=shared["step"], warm=warm)

@@ -27,7 +27,9 @@ def test_mode_runs_two_steps(mode, extra, tiny_overrides, tmp_path):
     assert train_main(str(TINY), [*tiny_overrides, f"algorithm.mode={mode}", *extra]) == 0
     run_dir = tmp_path / "run"
     metrics = rows(run_dir)
-    assert [m["step"] for m in metrics] == [1, 2]
+    # step 0: the evaluation right after the warm start, before any RL step
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert all(k.startswith("eval/") for k in metrics[0] if k != "step")
     last = metrics[-1]
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").exists()
     if mode == "sft":
