@@ -48,8 +48,9 @@ def add_plan_args(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("bf16", "fp8"), default="bf16",
                    help="matmul precision for peak FLOP/s")
     p.add_argument("--no-distributed-optimizer", action="store_true", help="replicate optimizer states")
-    p.add_argument("--recompute", choices=("auto", "none", "full"), default="auto",
-                   help="activation recompute (auto: only when needed to fit)")
+    p.add_argument("--recompute", choices=("auto", "none", "selective", "full"),
+                   help="activation recompute of both models (auto: full only when needed to fit; default "
+                        "auto, or each model's setting with --config)")
     p.add_argument("--reserve-gib", type=float, default=5.0, help="per-GPU reserve (context, NCCL), GiB")
     p.add_argument("--mfu", type=float, default=Efficiency.mfu, help="training/scoring MFU (default 0.4)")
     p.add_argument("--decode-bw", type=float, default=Efficiency.decode_bw,
@@ -70,8 +71,10 @@ _DEFAULTS = {"prompt_len": 512, "response_len": 2048, "prompts": 32, "group_size
 
 
 def _from_config(path: str) -> tuple[tuple[str, ModelArch], tuple[str, ModelArch], dict, bool]:
-    """Both models, the batch and length settings, and the distributed-optimizer flag of a run config."""
+    """Both models, the batch and length settings, the distributed-optimizer flag and each model's
+    recompute (values["recompute"], values["small_recompute"]) of a run config."""
     from megatron_codistill.config import ConfigError, load_config, model_arch
+    from megatron_codistill.planner.memory import Recompute
 
     try:
         cfg = load_config(path)
@@ -82,6 +85,8 @@ def _from_config(path: str) -> tuple[tuple[str, ModelArch], tuple[str, ModelArch
         "prompt_len": cfg.rollout.max_prompt_length, "response_len": cfg.rollout.sampling.max_new_tokens,
         "prompts": cfg.algorithm.prompts_per_step, "group_size": cfg.algorithm.group_size,
         "micro_batch_large": cfg.large.micro_batch_size, "micro_batch_small": cfg.small.micro_batch_size,
+        **{key: Recompute(m.recompute, m.recompute_method, m.recompute_num_layers)
+           for key, m in (("recompute", cfg.large), ("small_recompute", cfg.small))},
     }
     small_name = cfg.small.hf_config or cfg.small.checkpoint or "small"
     large_name = cfg.large.hf_config or cfg.large.checkpoint or "large"
@@ -102,6 +107,9 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
     else:
         raise ValueError(f"name a model pair ({', '.join(PAIRS)}), both --small and --large, or --config")
     v.update({k: getattr(args, k) for k in _DEFAULTS if getattr(args, k) is not None})  # explicit options win
+    recompute, small_recompute = v.pop("recompute", "auto"), v.pop("small_recompute", None)
+    if args.recompute is not None:  # the option wins over the config, for both models
+        recompute, small_recompute = args.recompute, None
     for name in ("gpus", "gpus_per_node", "rollout_tp"):
         v[name] = getattr(args, name)
     for name, value in v.items():
@@ -115,7 +123,8 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         rollout_tp=v["rollout_tp"], prompt_len=v["prompt_len"], response_len=v["response_len"],
         prompts_per_step=v["prompts"], group_size=v["group_size"], micro_batch_large=v["micro_batch_large"],
         micro_batch_small=v["micro_batch_small"], precision=args.precision,
-        distributed_optimizer=dist_opt and not args.no_distributed_optimizer, recompute=args.recompute,
+        distributed_optimizer=dist_opt and not args.no_distributed_optimizer, recompute=recompute,
+        small_recompute=small_recompute,
         reserve_gib=args.reserve_gib, sync_gbs=args.sync_gbs, network_gbs=args.network_gbs,
         efficiency=Efficiency(mfu=args.mfu, decode_bw=args.decode_bw, decode_mfu=args.decode_mfu),
     )

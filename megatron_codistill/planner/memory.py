@@ -12,8 +12,14 @@ size x sequence length, h hidden, q = heads * head_dim, kv = kv_heads * head_dim
   attention: norm input h, QKV input h, Q q, K kv, V kv, attention output q;
   SwiGLU MLP: norm input h, FC1 input h, gate+up 2F, FC2 input F.
   That is (4h + 2q + 2kv + 3F) elements = (8h + 4q + 4kv + 6F) bytes per token per layer, / TP.
-  Full recompute keeps only each layer's input (2h bytes per token, / TP) plus one layer's full set
-  while it is recomputed. The last pipeline stage also holds one micro-batch of logits, bf16 plus the
+  Recompute follows the model config (`Recompute`, Megatron-Core's options): full recompute, method
+  uniform with k layers per chunk, keeps each chunk's input (2h bytes per token, / TP) plus the k
+  layers' full set while a chunk is recomputed; method block with k layers keeps the inputs of the
+  first k layers of a stage, the full set of the others, and one layer's while it is recomputed.
+  Selective recompute (core attention) frees nothing here: with flash attention its saved Q, K, V are
+  the checkpoint's own inputs and its output is the next projection's input (it frees the T x T
+  scores of unfused attention, which this model does not count). The last pipeline stage also holds
+  one micro-batch of logits, bf16 plus the
   fp32 softmax of the vocab-parallel cross entropy: 6 bytes x V_pad / TP per token.
   With 1F1B, stage k holds min(PP - k, micro-batches) micro-batches in flight; stage 0 holds most.
 - KV cache: K and V (2) x layers x kv heads per GPU x head_dim x 2 bytes per token; an engine with
@@ -22,11 +28,64 @@ size x sequence length, h hidden, q = heads * head_dim, kv = kv_heads * head_dim
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from megatron_codistill.models.arch import ModelArch
 
 BF16 = 2
+RECOMPUTE = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """Activation recompute as a model config sets it (ModelConfig.recompute, recompute_method,
+    recompute_num_layers; method and layers matter for "full" only)."""
+
+    granularity: str = "none"
+    """none | selective | full."""
+    method: str | None = None
+    """uniform (default) | block."""
+    num_layers: int | None = None
+    """Layers per chunk (uniform, default 1) or recomputed layers per stage (block, default all)."""
+
+    def __post_init__(self) -> None:
+        if self.granularity not in RECOMPUTE:
+            raise ValueError(f"recompute {self.granularity!r} is not valid; valid: {list(RECOMPUTE)}")
+        if self.method not in (None, "uniform", "block"):
+            raise ValueError(f"recompute_method {self.method!r} is not valid; valid: ['uniform', 'block']")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"recompute_num_layers ({self.num_layers}) must be >= 1")
+
+    @property
+    def full(self) -> bool:
+        """Whole layers run forward again in the backward pass."""
+        return self.granularity == "full"
+
+    def describe(self) -> str:
+        if not self.full or (self.method in (None, "uniform") and self.num_layers in (None, 1)):
+            return self.granularity
+        return f"full ({self.method or 'uniform'}, {self.num_layers or 'all'} layers)"
+
+    def layer_counts(self, layers: int) -> tuple[int, int, int]:
+        """For a stage of `layers` layers: (checkpointed layer inputs, layers keeping every activation)
+        per micro-batch in flight, and the layers whose activations exist at once while recomputed."""
+        if not self.full:
+            return 0, layers, 0
+        if self.method == "block":
+            k = min(self.num_layers or layers, layers)
+            return k, layers - k, 1 if k else 0
+        k = min(self.num_layers or 1, layers)
+        return math.ceil(layers / k), 0, k
+
+
+def as_recompute(value: bool | str | Recompute) -> Recompute:
+    """True = full (uniform, one layer per chunk), False = none, a name, or a Recompute as it is."""
+    if isinstance(value, Recompute):
+        return value
+    if isinstance(value, bool):
+        return Recompute("full" if value else "none")
+    return Recompute(value)
 
 
 @dataclass(frozen=True)
@@ -89,27 +148,27 @@ def activation_bytes_per_token_layer(arch: ModelArch, tp: int) -> float:
 
 
 def stage_activations(arch: ModelArch, *, tp: int, pp: int, stage: int, tokens: int, in_flight: int,
-                      recompute: bool) -> float:
+                      recompute: bool | str | Recompute) -> float:
     """Activation bytes at the backward peak of `stage`, `tokens` per micro-batch, `in_flight` of them."""
-    layers = arch.num_layers // pp
+    inputs, whole, at_once = as_recompute(recompute).layer_counts(arch.num_layers // pp)
     full = activation_bytes_per_token_layer(arch, tp) * tokens
-    if recompute:
-        kept = in_flight * layers * BF16 * arch.hidden_size / tp * tokens + full
-    else:
-        kept = in_flight * layers * full
+    layer_input = BF16 * arch.hidden_size / tp * tokens
+    kept = in_flight * (inputs * layer_input + whole * full) + at_once * full
     if stage == pp - 1:
         kept += 6 * arch.padded_vocab_size(tp) / tp * tokens
     return kept
 
 
 def shard_memory(arch: ModelArch, *, tp: int, pp: int, dp: int, micro_batch: int, seq_len: int,
-                 micro_batches: int, recompute: bool, distributed_optimizer: bool = True,
+                 micro_batches: int, recompute: bool | str | Recompute, distributed_optimizer: bool = True,
                  dtype: str = "bf16") -> ShardMemory:
     """Training memory of the busiest pipeline stage of `arch` under TP x PP x DP.
 
     micro_batches: micro-batches per optimizer step on one data-parallel rank (bounds the 1F1B depth).
-    dtype: "bf16" (mixed precision, fp32 master weights) or "fp32".
+    recompute: the model's choice (`as_recompute`). dtype: "bf16" (mixed precision, fp32 master
+    weights) or "fp32".
     """
+    chosen = as_recompute(recompute)
     if dtype not in ("bf16", "fp32"):
         raise ValueError(f"dtype {dtype!r} is not supported; valid: ['bf16', 'fp32']")
     w_bytes, opt_bytes = (2, 12) if dtype == "bf16" else (4, 8)
@@ -120,11 +179,11 @@ def shard_memory(arch: ModelArch, *, tp: int, pp: int, dp: int, micro_batch: int
         params = stage_parameters(arch, tp, pp, stage)
         in_flight = min(pp - stage, micro_batches)
         acts = {r: stage_activations(arch, tp=tp, pp=pp, stage=stage, tokens=tokens, in_flight=in_flight,
-                                     recompute=r) for r in (False, True)}
+                                     recompute=r) for r in (Recompute("none"), Recompute("full"), chosen)}
         mem = ShardMemory(
             stage=stage, params=params, weights=w_bytes * params, gradients=4 * params,
-            optimizer=opt_bytes * params / opt_shards, activations=acts[recompute],
-            activations_no_recompute=acts[False], activations_full_recompute=acts[True],
+            optimizer=opt_bytes * params / opt_shards, activations=acts[chosen],
+            activations_no_recompute=acts[Recompute("none")], activations_full_recompute=acts[Recompute("full")],
         )
         if best is None or mem.total > best.total:
             best = mem

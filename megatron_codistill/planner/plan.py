@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from megatron_codistill.models.arch import ModelArch
 from megatron_codistill.planner.hardware import GIB, GPUSpec
 from megatron_codistill.planner.memory import (
+    Recompute,
     ShardMemory,
+    as_recompute,
     engine_weight_bytes,
     kv_bytes_per_token,
     shard_memory,
@@ -57,8 +59,11 @@ class PlanRequest:
     precision: str = "bf16"
     """Matmul precision for the peak FLOP/s: bf16 or fp8 (memory stays bf16 either way)."""
     distributed_optimizer: bool = True
-    recompute: str = "auto"
-    """none | full | auto (no recompute when it fits, else full)."""
+    recompute: str | Recompute = "auto"
+    """The large model's: none | selective | full (or a Recompute with method and layers, as a run config
+    sets it) | auto (no recompute when it fits, else full)."""
+    small_recompute: str | Recompute | None = None
+    """The small model's; None = the large model's choice."""
     reserve_gib: float = 5.0
     """Per-GPU memory kept for the CUDA context, NCCL buffers and fragmentation."""
     engine_mem_fraction: float = 0.85
@@ -91,6 +96,9 @@ class LayoutPlan:
     dp: int
     reasons: list[str] = field(default_factory=list)
     recompute: bool = False
+    """Whole layers are recomputed (an extra forward pass in the update time)."""
+    recompute_choice: str = "none"
+    """The large model's recompute as chosen (Recompute.describe)."""
     large: ShardMemory | None = None
     small: ShardMemory | None = None
     engine_weights: float = 0.0
@@ -134,8 +142,13 @@ def check_request(req: PlanRequest) -> list[str]:
         out.append(f"rollout_gpus ({req.rollout_gpus}) must be a multiple of rollout_tp ({req.rollout_tp})")
     if req.rollout_gpus == 0 and req.rollout_tp != 1:
         out.append(f"rollout_tp ({req.rollout_tp}) must be 1 for a colocated engine (one per trainer GPU)")
-    if req.recompute not in ("none", "full", "auto"):
-        out.append(f"recompute {req.recompute!r} is not valid; valid: none, full, auto")
+    for name, value in (("recompute", req.recompute), ("small_recompute", req.small_recompute)):
+        if value is None or value == "auto" and name == "recompute":
+            continue
+        try:
+            as_recompute(value)
+        except ValueError as e:
+            out.append(f"{name}: {e} (or auto)" if name == "recompute" else f"{name}: {e}")
     return out
 
 
@@ -149,6 +162,13 @@ def layout_reasons(req: PlanRequest, tp: int, pp: int) -> list[str]:
             reasons.append(f"{name} ({getattr(arch, name)}) not divisible by TP ({tp})")
     if arch.num_layers % pp:
         reasons.append(f"num_layers ({arch.num_layers}) not divisible by PP ({pp})")
+    elif req.recompute != "auto" and as_recompute(req.recompute).full:
+        r, per_stage = as_recompute(req.recompute), arch.num_layers // pp
+        k = r.num_layers or (1 if r.method != "block" else per_stage)
+        if k > per_stage or (r.method != "block" and per_stage % k):
+            reasons.append(f"recompute_num_layers ({k}) must divide the {per_stage} layers per stage of PP {pp}"
+                           if k <= per_stage else
+                           f"recompute_num_layers ({k}) exceeds the {per_stage} layers per stage of PP {pp}")
     if tp > req.gpus_per_node:
         reasons.append(f"TP ({tp}) spans nodes ({req.gpus_per_node} GPUs per node): its all-reduces "
                        "would cross the inter-node network")
@@ -174,21 +194,23 @@ def evaluate_layout(req: PlanRequest, tp: int, pp: int) -> LayoutPlan:
     colocated = req.rollout_gpus == 0
     engine_w = engine_weight_bytes(req.small, req.rollout_tp)
 
-    def memories(recompute: bool) -> tuple[ShardMemory, ShardMemory, float]:
+    def memories(recompute: Recompute) -> tuple[ShardMemory, ShardMemory, float]:
         large = shard_memory(req.large, tp=tp, pp=pp, dp=plan.dp, micro_batch=req.micro_batch_large,
                              seq_len=req.seq_len, micro_batches=m_large, recompute=recompute,
                              distributed_optimizer=req.distributed_optimizer)
+        small_choice = recompute if req.small_recompute is None else as_recompute(req.small_recompute)
         small = shard_memory(req.small, tp=1, pp=1, dp=world, micro_batch=req.micro_batch_small,
-                             seq_len=req.seq_len, micro_batches=m_small, recompute=recompute,
+                             seq_len=req.seq_len, micro_batches=m_small, recompute=small_choice,
                              distributed_optimizer=req.distributed_optimizer)
         # The two updates run one after the other: one model's activations at a time.
         peak = large.static + small.static + max(large.activations, small.activations)
         return large, small, peak + (engine_w if colocated else 0.0)
 
-    choices = {"none": [False], "full": [True], "auto": [False, True]}[req.recompute]
+    choices = ([Recompute("none"), Recompute("full")] if req.recompute == "auto"
+               else [as_recompute(req.recompute)])
     for recompute in choices:
         plan.large, plan.small, plan.train_peak = memories(recompute)
-        plan.recompute = recompute
+        plan.recompute, plan.recompute_choice = recompute.full, recompute.describe()
         if plan.train_peak <= cap:
             break
     if plan.train_peak > cap:
@@ -244,7 +266,8 @@ def evaluate_layout(req: PlanRequest, tp: int, pp: int) -> LayoutPlan:
 
     plan.times["score"] = (train_time(req.large, backward=False, pp=pp, micro_batches=m_large, **common)
                            + train_time(req.small, backward=False, **common) + tp_comm(1))
-    plan.times["update_small"] = (train_time(req.small, backward=True, recompute=plan.recompute, **common)
+    small_full = plan.recompute if req.small_recompute is None else as_recompute(req.small_recompute).full
+    plan.times["update_small"] = (train_time(req.small, backward=True, recompute=small_full, **common)
                                   + dp_comm(plan.small.params, world))
     plan.times["update_large"] = (train_time(req.large, backward=True, recompute=plan.recompute, pp=pp,
                                              micro_batches=m_large, **common)

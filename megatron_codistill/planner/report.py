@@ -21,6 +21,7 @@ def layout_dict(p: LayoutPlan) -> dict:
     out: dict = {"tp": p.tp, "pp": p.pp, "dp": p.dp, "valid": p.valid, "reasons": p.reasons}
     if p.large is not None:
         out["recompute"] = p.recompute
+        out["recompute_choice"] = p.recompute_choice
         for role, m in (("large", p.large), ("small", p.small)):
             out[f"memory_{role}_gib"] = {
                 "stage": m.stage, "params": m.params, "weights": _gib(m.weights),
@@ -46,11 +47,16 @@ def to_json(req: PlanRequest, plans: list[LayoutPlan]) -> dict:
         "prompts_per_step": req.prompts_per_step, "group_size": req.group_size,
         "micro_batch_large": req.micro_batch_large, "micro_batch_small": req.micro_batch_small,
         "precision": req.precision, "distributed_optimizer": req.distributed_optimizer,
-        "recompute": req.recompute, "reserve_gib": req.reserve_gib,
+        "recompute": _choice(req.recompute), "small_recompute": _choice(req.small_recompute),
+        "reserve_gib": req.reserve_gib,
         "small_params": req.small.num_parameters(), "large_params": req.large.num_parameters(),
         "efficiency": vars(req.efficiency),
     }
     return {"request": request, "problems": check_request(req), "layouts": [layout_dict(p) for p in plans]}
+
+
+def _choice(value) -> str | None:
+    return value if value is None or isinstance(value, str) else value.describe()
 
 
 def _row(cells) -> str:
@@ -88,7 +94,7 @@ def to_markdown(req: PlanRequest, plans: list[LayoutPlan], top: int = 10) -> str
                   _row(["---"] * (8 + len(PHASES)))]
         for i, p in enumerate(valid[:top], 1):
             gen = _gib(p.generate_peak) if req.rollout_gpus == 0 else f"{_gib(p.engine_peak)} (rollout GPU)"
-            lines.append(_row([i, p.tp, p.pp, p.dp, "full" if p.recompute else "none", _gib(p.train_peak),
+            lines.append(_row([i, p.tp, p.pp, p.dp, p.recompute_choice, _gib(p.train_peak),
                                gen, *[f"{p.times[k]:.2f}" for k in PHASES], f"{p.step_time:.2f}"]))
         if len(valid) > top:
             lines.append(f"\n({len(valid) - top} more valid layouts not shown; --json lists all)")
