@@ -11,13 +11,15 @@ Routes used:
   GET  /health                          200 once the server is up (503 while starting)
   POST /generate                        {"input_ids": [[...]], "sampling_params", "return_logprob": true,
                                          "return_sampling_mask"?} -> one {"output_ids", "meta_info"} per row
-  POST /update_weights_from_disk        {"model_path", "weight_version"}
+  POST /update_weights_from_disk        {"model_path", "weight_version"} (flushes the cache itself)
   POST /init_weights_update_group       {"master_address", "master_port", "rank_offset", "world_size",
                                          "group_name", "backend"}
-  POST /update_weights_from_distributed {"names", "dtypes", "shapes", "group_name", "flush_cache"}
-  POST /update_weight_version           {"new_version", "abort_all_requests"}
+  POST /begin_weight_update             {} opens a weight-update session (refused while one is open)
+  POST /update_weights_from_distributed {"names", "dtypes", "shapes", "group_name", "flush_cache",
+                                         "weight_version"?}; refused outside a session
+  POST /end_weight_update               {} closes the session
   POST /destroy_weights_update_group    {"group_name"}
-  POST /flush_cache
+  POST /flush_cache                     refused (HTTP 400) while requests run or wait
   GET  /server_info                     for "tp_size" when attaching without being told
 
 Behaviour log-probs. SGLang's `meta_info.output_token_logprobs` holds, per output token,
@@ -31,8 +33,10 @@ SGLang applies top-k and top-p jointly on the temperature-scaled distribution, a
 
 Other SGLang behaviours to know: a request also stops at the model's own EOS ids (besides
 `stop_token_ids`; `ignore_eos` would disable both); `sampling_seed` is sent per rollout
-(seed * 1_000_003 + row) when `SamplingParams.seed` is set, which SGLang honours with its torch
-sampler or deterministic inference, while its flashinfer top-k/top-p kernel refuses seeds.
+(seed * 1_000_003 + row) when `SamplingParams.seed` is set, but SGLang reproduces a seeded sample
+only on servers started with `--enable-deterministic-inference` (pass it in
+`rollout.sglang.extra_args` or slurm's `--sglang-args`); without it the same seed may give other
+tokens, and its flashinfer top-k/top-p sampler does not honour seeds. The trainer itself sends no seed.
 """
 
 from __future__ import annotations
@@ -42,9 +46,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -138,6 +141,7 @@ class SGLangEngine(RolloutEngine):
         self._version = 0
         self._updated = False  # results carry our version only after we set one
         self._group = None
+        self._abandoned: list = []  # groups left to a failed collective (see _abandon_group)
         self._group_name = "weight_update_group"
         self._processes: list[subprocess.Popen] = []
         self._logs: list[Path] = []
@@ -367,13 +371,18 @@ class SGLangEngine(RolloutEngine):
         return self._version
 
     def _call_all(self, path: str, payload: Any, what: str, timeout: float | None = None) -> list[Any]:
-        """POST to every server at once; raises naming every server that failed or said success=false."""
+        """POST the same body to every server at once (see `_call_each`)."""
+        return self._call_each(path, dict.fromkeys(self.urls, payload), what, timeout)
+
+    def _call_each(self, path: str, payloads: dict[str, Any], what: str, timeout: float | None = None) -> list[Any]:
+        """POST `payloads[url]` to each server at once; raises naming every server that failed or said
+        success=false. 4xx answers are final (no retry)."""
 
         def one(url: str) -> Any:
             out = self.client.call(
                 url,
                 path,
-                payload,
+                payloads[url],
                 timeout=timeout or self.update_timeout,
                 retries=0,
                 expect_json=path != "/flush_cache",
@@ -383,20 +392,24 @@ class SGLangEngine(RolloutEngine):
                 raise RolloutServerError(f"rollout server {url} ({path}, {what}): {out.get('message')}", url)
             return out
 
-        with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:
-            futures = [pool.submit(one, u) for u in self.urls]
+        with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+            futures = [pool.submit(one, u) for u in payloads]
         errors, results = [], []
         for f in futures:
             try:
                 results.append(f.result())
             except RolloutServerError as e:
-                errors.append(str(e))
+                errors.append(e)
         if errors:
-            raise RolloutServerError("; ".join(errors), self.urls[0])
+            raise RolloutServerError("; ".join(str(e) for e in errors), errors[0].url)
         return results
 
     def update_weights_from_disk(self, model_path: str | Path, version: int) -> None:
-        """Every server reloads its weights from an HF checkpoint directory it can read."""
+        """Every server reloads its weights from an HF checkpoint directory it can read.
+
+        SGLang loads under its model-update lock (running generations finish first), flushes its
+        cache (`flush_cache` defaults to true) and takes `weight_version` in the same request.
+        """
         self._call_all(
             "/update_weights_from_disk",
             {"model_path": str(model_path), "weight_version": str(version)},
@@ -405,6 +418,7 @@ class SGLangEngine(RolloutEngine):
         self._set_version(version)
 
     def flush_cache(self) -> None:
+        """Drop every server's prefix cache. SGLang refuses (HTTP 400) while requests run or wait."""
         self._call_all("/flush_cache", None, what="flush cache")
 
     def init_weight_update_group(
@@ -412,99 +426,98 @@ class SGLangEngine(RolloutEngine):
         master_address: str,
         master_port: int,
         *,
-        group_name: str = "weight_update_group",
+        group_name: str | None = None,
         backend: str = "nccl",
         timeout: timedelta = timedelta(minutes=10),
     ) -> None:
         """Make one group of the trainer (rank 0) and every server's TP ranks (1 ... world - 1).
 
-        The servers' /init_weights_update_group calls block until the trainer joins, so they run
-        in threads while this process joins the rendezvous it hosts.
+        `group_name` defaults to "weight_update_group_<master_port>": unique in this process, where a
+        group abandoned by a failed update keeps its name registered.
+        The servers' /init_weights_update_group calls return once everyone joined the rendezvous this
+        process hosts; a server that refuses fails the call at once (see `weight_group.alongside`).
+        `master_address` must be an address of this host the servers can reach.
         """
-        from megatron_codistill.rollout.weight_group import init_weight_update_group
+        from megatron_codistill.rollout.weight_group import alongside, init_weight_update_group
 
+        group_name = group_name or f"weight_update_group_{master_port}"
         tp_sizes = self.tp_sizes or [
             int(self.client.call(u, "/server_info", method="GET")["tp_size"]) for u in self.urls
         ]
         world = 1 + sum(tp_sizes)
-        offsets = [1 + sum(tp_sizes[:i]) for i in range(len(self.urls))]
-        errors: list[str] = []
-
-        def ask(url: str, offset: int) -> None:
-            body = {
+        bodies = {
+            url: {
                 "master_address": master_address,
                 "master_port": master_port,
-                "rank_offset": offset,
+                "rank_offset": 1 + sum(tp_sizes[:i]),
                 "world_size": world,
                 "group_name": group_name,
                 "backend": backend,
             }
-            try:
-                out = self.client.call(
-                    url,
-                    "/init_weights_update_group",
-                    body,
-                    retries=0,
-                    timeout=timeout.total_seconds(),
-                    what="join the weight-update group",
-                )
-                if isinstance(out, dict) and out.get("success") is False:
-                    errors.append(f"rollout server {url}: {out.get('message')}")
-            except RolloutServerError as e:
-                errors.append(str(e))
-
-        threads = [threading.Thread(target=ask, args=(u, o), daemon=True) for u, o in zip(self.urls, offsets)]
-        for t in threads:
-            t.start()
-        group = init_weight_update_group(master_address, master_port, 0, world, group_name, backend, timeout)
-        for t in threads:
-            t.join()
-        if errors:
-            raise RolloutServerError("weight-update group not formed: " + "; ".join(errors), self.urls[0])
+            for i, url in enumerate(self.urls)
+        }
+        what = f"join the weight-update group at {master_address}:{master_port}"
+        group = alongside(
+            lambda: self._call_each("/init_weights_update_group", bodies, what, timeout.total_seconds()),
+            lambda: init_weight_update_group(master_address, master_port, 0, world, group_name, backend, timeout),
+        )
         self._group, self._group_name = group, group_name
 
     def update_weights_from_distributed(
         self, buckets: Iterable[Sequence[tuple[str, torch.Tensor]]], version: int
     ) -> None:
-        """Broadcast every bucket from this process (rank 0) to all servers, then set the version.
+        """Broadcast every bucket from this process (rank 0) to all servers; they serve `version` after.
 
-        Per bucket, each server is told (names, dtypes, shapes) and receives the tensors in that
-        order; the HTTP calls return once the server loaded the bucket.
+        One SGLang weight-update session: /begin_weight_update, per bucket one
+        /update_weights_from_distributed (names, dtypes, shapes) answered once the server loaded the
+        tensors this process broadcasts in that order, /end_weight_update. The last bucket carries
+        `weight_version` and `flush_cache`, which SGLang applies under its model-update lock, so no
+        separate /flush_cache can meet a running request. Finding the last bucket keeps the next one
+        of the stream alive while a bucket is sent (two buckets in memory at most).
+        A failure on any server raises at once, naming the server and the bucket; after a failure
+        inside a bucket the group is dropped (the servers' weights are partly updated: restart them).
         """
+        from megatron_codistill.rollout.weight_group import alongside, broadcast_tensors
+
         if self._group is None:
             raise RuntimeError("no weight-update group: call init_weight_update_group first")
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-        for bucket in buckets:
-            bucket = list(bucket)
-            if not bucket:
-                continue
+        device = None
+        if torch.cuda.is_available() and self._group_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._call_all("/begin_weight_update", {}, what=f"begin the weight update to version {version}")
+        sent = 0
+        for k, (bucket, last) in enumerate(_mark_last(b for b in map(list, buckets) if b), 1):
             body = {
                 "names": [n for n, _ in bucket],
                 "dtypes": [str(t.dtype).removeprefix("torch.") for _, t in bucket],
                 "shapes": [list(t.shape) for _, t in bucket],
                 "group_name": self._group_name,
-                "flush_cache": False,
+                "flush_cache": last,
             }
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pending = pool.submit(
-                    self._call_all,
-                    "/update_weights_from_distributed",
-                    body,
-                    f"receive {len(bucket)} tensors of version {version}",
-                )
-                for _, tensor in bucket:
-                    t = tensor.detach().contiguous()
-                    if device is not None and self._group_backend() == "nccl":
-                        t = t.to(device)
-                    torch.distributed.broadcast(t, src=0, group=self._group)
-                pending.result()
-        self._call_all(
-            "/update_weight_version",
-            {"new_version": str(version), "abort_all_requests": False},
-            what=f"set weight version {version}",
-        )
-        self.flush_cache()
+            if last:
+                body["weight_version"] = str(version)
+            tensors = [t.detach().contiguous() if device is None else t.detach().to(device).contiguous()
+                       for _, t in bucket]
+            group, what = self._group, f"receive bucket {k} ({len(bucket)} tensors) of version {version}"
+            alongside(
+                lambda body=body, what=what: self._call_all("/update_weights_from_distributed", body, what),
+                lambda tensors=tensors, group=group: broadcast_tensors(tensors, group, device),
+                on_abandon=self._abandon_group,
+            )
+            sent += 1
+        self._call_all("/end_weight_update", {}, what=f"end the weight update to version {version}")
+        if sent == 0:
+            raise ValueError(f"the weight update to version {version} had no tensors to send")
         self._set_version(version)
+
+    def _abandon_group(self) -> None:
+        """A collective on the group can no longer complete: stop using it (and never destroy it)."""
+        from megatron_codistill.rollout.weight_group import abort_group
+
+        if self._group is not None:
+            abort_group(self._group)
+            self._abandoned.append(self._group)
+            self._group = None
 
     def _group_backend(self) -> str:
         return str(torch.distributed.get_backend(self._group))
@@ -515,6 +528,19 @@ class SGLangEngine(RolloutEngine):
 
     def _set_version(self, version: int) -> None:
         self._version, self._updated = version, True
+
+
+def _mark_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """(item, is_last) for each item, reading one item ahead."""
+    it = iter(items)
+    try:
+        current = next(it)
+    except StopIteration:
+        return
+    for nxt in it:
+        yield current, False
+        current = nxt
+    yield current, True
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -10,8 +10,9 @@ flat stream; only one bucket needs to be alive at a time. Strategies, chosen by 
           (a plain `update_weights` over the chained buckets for engines without those steps)
   disk    write the buckets as an HF safetensors checkpoint (one shard per bucket, index, config),
           then `engine.update_weights_from_disk(dir, version)`
-  nccl    SGLang's weight-update group: per bucket, names/dtypes/shapes over HTTP and one NCCL
-          broadcast per tensor from this process (group rank 0)
+  nccl    SGLang's weight-update group: one begin/end session per sync; per bucket,
+          names/dtypes/shapes over HTTP and one NCCL broadcast per tensor from this process (group
+          rank 0); the last bucket carries the weight version and the cache flush
 
 After a sync, `verify_sync` can score a fixed probe batch on the engine and compare with the
 trainer's log-probs of the same tokens; `logprob_mismatch` is also the per-step metric on the
@@ -20,6 +21,7 @@ generated tokens (engine behaviour log-probs at temperature 1 vs the trainer's).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -27,11 +29,12 @@ import shutil
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import save_file
@@ -198,25 +201,26 @@ class NcclSync(WeightSyncStrategy):
     """SGLang's distributed update; forms the group on first use if it is not formed yet.
 
     Args:
-        master_address: an address of this host the servers can reach (default: this host's IP).
+        master_address: an address of this host the servers can reach (default: `weight_group_address`).
         master_port: a free port for the group's TCP store (default: one picked now).
-        backend: "nccl" on GPUs ("gloo" works for CPU tests).
+        backend: "nccl" on GPUs, "gloo" without CUDA (CPU tests); default: by `torch.cuda.is_available()`.
     """
 
     name = "nccl"
 
     def __init__(
-        self, master_address: str | None = None, master_port: int | None = None, backend: str = "nccl"
+        self, master_address: str | None = None, master_port: int | None = None, backend: str | None = None
     ) -> None:
-        self.master_address = master_address or _host_address()
+        self.master_address = master_address
         self.master_port = master_port or _free_port()
-        self.backend = backend
+        self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
 
     def push(self, engine: Any, buckets: Iterable[list], version: int) -> None:
         if not hasattr(engine, "update_weights_from_distributed"):
             raise TypeError(f"strategy 'nccl' needs an SGLang engine, got {type(engine).__name__}")
         if getattr(engine, "_group", None) is None:
-            engine.init_weight_update_group(self.master_address, self.master_port, backend=self.backend)
+            address = self.master_address or weight_group_address("", engine.urls)
+            engine.init_weight_update_group(address, self.master_port, backend=self.backend)
         engine.update_weights_from_distributed(buckets, version)
 
 
@@ -255,11 +259,47 @@ def nccl_sync(
     return None
 
 
-def _host_address() -> str:
+def weight_group_address(configured: str, server_urls: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The address SGLang servers dial to join the trainer's end of the weight-update group.
+
+    1. `configured` (rollout.sglang.weight_group_address) when given;
+    2. MASTER_ADDR unless it is a loopback name or address: the first trainer host, which
+       slurm/codistill.sbatch exports for torchrun and every node resolves; global rank 0, the
+       group's source, runs there;
+    3. this host's address on the route to the first server (127.0.0.1 for servers on this host).
+    Never the address of `gethostname()`, which Debian-style /etc/hosts maps to 127.0.1.1.
+    """
+    if configured:
+        return configured
+    master = (os.environ if env is None else env).get("MASTER_ADDR", "")
+    if master and not _is_loopback(master):
+        return master
+    if not server_urls:
+        raise ValueError("rollout.sglang.weight_group_address is empty and there is no server URL to route to")
+    host = urlparse(server_urls[0]).hostname or ""
     try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
+        return _route_address(host)
+    except OSError as e:
+        raise ValueError(
+            f"cannot find this host's address towards {host} ({e}); set rollout.sglang.weight_group_address "
+            "to an address of this host the servers can reach"
+        ) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: the servers resolve it on their side
+        return False
+
+
+def _route_address(host: str) -> str:
+    """The local address the kernel picks to reach `host` (a UDP connect sends no packet)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((socket.gethostbyname(host), 9))
+        return s.getsockname()[0]
 
 
 def _free_port() -> int:

@@ -2,8 +2,9 @@
 
 Embedded (CPU default): every rank holds an in-process engine and receives the generator's full
 weights through the exporter, bucket by bucket. SGLang: servers attached by URL or launched here;
-rank 0 pushes the weights (to disk for `disk`, by NCCL broadcast for `nccl`) and every rank then
-serves its own prompts through the servers.
+rank 0 pushes the weights (to disk for `disk`, by NCCL broadcast for `nccl`) while the other ranks
+drain the (collective) export, and every rank waits at a barrier until the servers serve the new
+version before it sends its next prompts.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def sync_engine(engine: RolloutEngine, policy, r: RolloutConfig, *, version: int
         if dist.is_initialized():
             dist.barrier()
     elif strategy == "nccl":
-        stats = ws.nccl_sync(engine, buckets, version, is_source=source)
+        kw = {"master_address": ws.weight_group_address(r.sglang.weight_group_address, engine.urls)} if source else {}
+        stats = ws.nccl_sync(engine, buckets, version, is_source=source, **kw)
+        if dist.is_initialized():  # rank 0 returns once the servers serve `version`; nobody generates before
+            dist.barrier()
     else:
         raise ValueError(f"rollout.weight_sync {strategy!r} is not valid; valid: auto, direct, disk, nccl")
     metrics = stats.metrics() if stats is not None else {}

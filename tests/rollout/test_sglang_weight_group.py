@@ -2,7 +2,8 @@
 
 The group runs on gloo here (SGLang's request takes the backend name; NCCL needs GPUs). Each fake
 joins with the same construction as the trainer, so this checks the protocol (group layout, one
-broadcast per tensor in the announced order, dtypes, shapes, version), not SGLang's own code.
+broadcast per tensor in the announced order, dtypes, shapes, version), not SGLang's own code; the
+session rules are in test_sglang_sessions.py.
 """
 
 import socket
@@ -59,7 +60,8 @@ def test_buckets_are_broadcast_to_every_server_and_the_version_is_set(two_fakes)
         requests = engine.client.call(url, "/debug/requests", method="GET")
         init = next(body for path, body in requests if path == "/init_weights_update_group")
         assert init["world_size"] == 3 and init["rank_offset"] == 1 + engine.urls.index(url)
-        assert ["/update_weight_version", {"new_version": "4", "abort_all_requests": False}] in requests
+        updates = [body for path, body in requests if path == "/update_weights_from_distributed"]
+        assert [(u["flush_cache"], u.get("weight_version")) for u in updates] == [(False, None), (True, "4")]
     out = engine.generate([[1], [2]], 1, SamplingParams(max_new_tokens=1))
     assert all(g[0].weight_version == 4 for g in out)
 
