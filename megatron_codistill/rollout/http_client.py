@@ -1,4 +1,8 @@
-"""A small JSON-over-HTTP client (stdlib only) with timeouts and retries, for rollout servers."""
+"""A small JSON-over-HTTP client (stdlib only) with timeouts and retries, for rollout servers.
+
+Rollout servers are cluster-internal: requests never go through `http_proxy` / `HTTP_PROXY`, which
+cluster nodes often set for outside access (a proxy cannot reach the servers' addresses).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy, whatever the environment
 
 
 class RolloutServerError(RuntimeError):
@@ -94,7 +99,7 @@ class HttpClient:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with _DIRECT.open(req, timeout=timeout) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:500]

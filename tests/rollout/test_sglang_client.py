@@ -343,3 +343,18 @@ def test_launch_reports_a_server_that_dies_while_starting(tmp_path):
             startup_timeout=60,
             log_dir=tmp_path,
         )
+
+
+def test_requests_bypass_the_environment_proxy(fakes, monkeypatch):
+    url, _ = fakes()
+    proxy = closed_port_url()  # a proxy that is down: any request sent to it fails
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    import urllib.request
+
+    with pytest.raises(OSError):  # what urllib alone does with this environment
+        urllib.request.urlopen(url + "/health", timeout=10)
+    out = SGLangEngine([url], retries=0).generate([[5]], 1, SamplingParams(max_new_tokens=2))
+    assert out[0][0].response_ids == [6, 7]

@@ -132,3 +132,34 @@ def test_verify_sync_passes_on_equal_weights_and_names_the_worst_token_otherwise
     sync_weights(engine, [stale], version=2)
     with pytest.raises(WeightSyncMismatch, match=r"version 2,.* worst at probe \d+, token \d+"):
         verify_sync(engine, tokens, trainer, atol=1e-5, version=2)
+
+
+def test_weight_group_address_prefers_the_config_then_master_addr_then_the_route(monkeypatch):
+    from megatron_codistill.rollout import weight_sync as ws
+
+    routes = []
+    monkeypatch.setattr(ws, "_route_address", lambda host: routes.append(host) or "10.1.2.3")
+    # Debian-style hosts file: the host name resolves to 127.0.1.1, which no other node can dial
+    monkeypatch.setattr(ws.socket, "gethostbyname", lambda name: "127.0.1.1")
+    servers = ["http://gpu07:30000", "http://gpu08:30000"]
+    assert ws.weight_group_address("trainer-ib0", servers, env={"MASTER_ADDR": "gpu01"}) == "trainer-ib0"
+    assert ws.weight_group_address("", servers, env={"MASTER_ADDR": "gpu01"}) == "gpu01"
+    for loopback in ("127.0.0.1", "localhost", "::1", "127.0.1.1"):
+        assert ws.weight_group_address("", servers, env={"MASTER_ADDR": loopback}) == "10.1.2.3"
+    assert ws.weight_group_address("", servers, env={}) == "10.1.2.3"
+    assert routes == ["gpu07"] * 5
+    with pytest.raises(ValueError, match="weight_group_address is empty and there is no server URL"):
+        ws.weight_group_address("", [], env={})
+
+
+def test_weight_group_address_route_to_a_local_server_is_loopback(monkeypatch):
+    from megatron_codistill.rollout.weight_sync import weight_group_address
+
+    assert weight_group_address("", ["http://127.0.0.1:30000"], env={}) == "127.0.0.1"
+
+    def unreachable(host):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr("megatron_codistill.rollout.weight_sync._route_address", unreachable)
+    with pytest.raises(ValueError, match=r"towards gpu07 \(Network is unreachable\); set rollout.sglang"):
+        weight_group_address("", ["http://gpu07:30000"], env={})
