@@ -175,7 +175,18 @@ def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_p
         pg_collection=pg_collection,
     )
     model.arch = arch  # the true vocab size and architecture travel with the model
+    _cast_parameters(model, params_dtype)
     return model
+
+
+def _cast_parameters(model, dtype: torch.dtype) -> None:
+    """Every parameter in `dtype`, as Megatron's Float16Module casts the whole module for bf16/fp16:
+    the local spec's torch norms are created in fp32 whatever params_dtype says (mixed-dtype norms
+    run unfused and hand fp32 activations to bf16 matmuls). The optimizer keeps fp32 master copies."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
 
 
 def _rope_scaling_kwargs(arch: ModelArch) -> dict:
