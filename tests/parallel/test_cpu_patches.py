@@ -1,7 +1,8 @@
 """Each CPU patch checked through the behaviour it enables (one gloo rank in this process).
 
 The PP=2 path of patch_tensor_cuda_calls (tied embeddings synced over the embedding group) and
-the P2P buffers of patch_current_device run for real in test_pipeline.py.
+the P2P buffers of patch_current_device run for real in test_pipeline.py, the shape exchange of
+patch_p2p_shape_sync in test_schedule.py, recompute (patch_checkpoint_rng) in tests/models.
 """
 
 from __future__ import annotations
@@ -60,6 +61,28 @@ def test_rng_fork_draws_from_the_cpu_generator(layouts):
         inside = torch.rand(4)
     torch.manual_seed(7)
     assert torch.equal(inside, torch.rand(4))
+
+
+def test_checkpoint_recompute_replays_the_cpu_random_stream(layouts):
+    from megatron.core.tensor_parallel import checkpoint
+
+    def noisy(x):  # a random draw inside the checkpointed function, as dropout would make
+        return x * torch.rand(x.shape)
+
+    x = torch.ones(5, requires_grad=True)
+    torch.manual_seed(3)
+    out = checkpoint(noisy, False, x)
+    after_forward = torch.get_rng_state()
+    out.sum().backward()  # recomputes noisy(x): the same draw, so grad == the forward's noise
+    torch.testing.assert_close(x.grad, out.detach())
+    assert torch.equal(torch.get_rng_state(), after_forward)  # the replay leaves the stream where it was
+
+
+def test_p2p_shape_exchange_skips_cuda_synchronize(layouts):
+    from megatron.core.pipeline_parallel import p2p_communication
+
+    assert p2p_communication.torch.cuda.synchronize() is None
+    assert p2p_communication.torch.zeros(2, device="cuda").device.type == "cpu"  # still a CPU stand-in
 
 
 def test_default_causal_mask_equals_explicit_mask_and_is_causal(layouts):
