@@ -1,7 +1,12 @@
 """`codistill eval`: arguments and handler (hooked into `megatron_codistill.cli`).
 
-    codistill eval --model PATH --benchmarks gsm8k,math500,minerva [--data-dir DIR]
+    codistill eval --model PATH [--benchmark NAME[=FILE[:problem_field:answer_field]] ...]
+                   [--benchmarks gsm8k,math500,minerva] [--data-dir DIR]
                    [--n K --temperature T] [--limit N] [--out DIR]
+
+`--benchmark` is repeatable: a preset (gsm8k, math500, minerva, aime24, amc23, olympiadbench) read from
+--data-dir, a preset read from FILE in its published layout (`aime24=/data/aime_2024.parquet`), or any
+file under a name of your own (`mine=my.jsonl:question:final`); see `eval.benchmarks`.
 
 PATH is a Hugging Face checkpoint directory, or a Megatron-Core checkpoint written by
 `codistill convert` / the trainer, which is first converted to HF (`megatron_checkpoint_to_hf`).
@@ -21,9 +26,14 @@ MARKER = "codistill_convert.json"
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF checkpoint directory, or a Megatron-Core checkpoint")
-    p.add_argument("--benchmarks", default="gsm8k,math500,minerva", help="comma-separated names")
+    p.add_argument("--benchmark", action="append", default=[], metavar="NAME[=FILE[:PROBLEM:ANSWER]]",
+                   help="a preset name, NAME=FILE (a preset's layout when NAME is one, else problem/answer "
+                        "columns) or NAME=FILE:problem_field:answer_field; repeatable")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated preset names (default when no --benchmark: gsm8k,math500,minerva)")
     p.add_argument("--data-dir", default="data",
-                   help="holds gsm8k/, math500/, minerva_math/ with a test.jsonl each (default: ./data)")
+                   help="holds the presets' files: gsm8k/test.jsonl, math500/test.jsonl, minerva_math/test.jsonl, "
+                        "aime24/, amc23/, olympiadbench/ (default: ./data)")
     p.add_argument("--out", default=None, help="results directory (default: <model>/eval); rerun to resume")
     p.add_argument("--n", type=int, default=1,
                    help="sampled responses per problem for pass@k and maj@k (1: greedy only)")
@@ -39,7 +49,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument("--reward-workers", type=int, default=2, help="math-verify worker processes")
-    p.add_argument("--reward-timeout", type=float, default=5.0, help="seconds per answer")
+    p.add_argument("--reward-timeout", type=float, default=5.0, help="CPU seconds per answer")
 
 
 def is_megatron_checkpoint(path: Path) -> bool:
@@ -78,23 +88,28 @@ def stop_token_ids(tokenizer, model_dir: Path) -> list[int]:
 def run_eval_cli(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from megatron_codistill.eval.benchmarks import DEFAULT_BENCHMARKS, parse_benchmarks
     from megatron_codistill.eval.harness import EvalSettings, evaluate
     from megatron_codistill.rollout.embedded import EmbeddedEngine
 
     model = Path(args.model)
     if not model.is_dir():
         raise SystemExit(f"codistill eval: --model {args.model!r} is not a directory")
+    names = [b for b in (args.benchmarks or "").split(",") if b.strip()]
+    benchmarks = names + args.benchmark or list(DEFAULT_BENCHMARKS)
     out = Path(args.out) if args.out else model / "eval"
     hf_dir = megatron_checkpoint_to_hf(model, out) if is_megatron_checkpoint(model) else model
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(hf_dir))
     try:
         settings = EvalSettings(
-            benchmarks=args.benchmarks.split(","), data_dir=args.data_dir, out_dir=str(out),
+            benchmarks=benchmarks, data_dir=args.data_dir, out_dir=str(out),
             model=str(model.resolve()), n=args.n, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, limit=args.limit, template=args.template,
             batch_size=args.batch_size, seed=args.seed, stop_token_ids=stop_token_ids(tokenizer, hf_dir),
             reward_workers=args.reward_workers, reward_timeout_s=args.reward_timeout,
         )
+        for bench in parse_benchmarks(benchmarks):  # every file read and checked before the model loads
+            bench.load(args.data_dir, limit=args.limit)
     except ValueError as e:
         sys.stderr.write(f"codistill eval: {e}\n")
         return 2

@@ -1,9 +1,11 @@
 """Evaluate a rollout engine on math benchmarks: greedy accuracy, pass@k and maj@k.
 
-For every benchmark: load the test file with its field preset, render the prompts with a template,
-generate a greedy response per problem (and n sampled ones when n > 1), score them with the math
-reward in verifier processes, append one JSONL record per sample, and summarise. Samples already in
-`<out>/samples.jsonl` are skipped, so a rerun of an interrupted evaluation finishes it.
+Every benchmark file is read and validated first (a bad row stops the evaluation before any
+generation). Then for each benchmark: render the prompts with a template, generate a greedy response
+per problem (and n sampled ones when n > 1), score them with the math reward in verifier processes,
+append one JSONL record per sample to `<out>/<name>/samples.jsonl`, and summarise into
+`<out>/<name>/summary.{json,md}`; `<out>/summary.{json,md}` hold every benchmark's row. Samples already
+stored are skipped, so a rerun of an interrupted evaluation finishes it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from megatron_codistill.data import build_prompts, load_examples
-from megatron_codistill.eval.benchmarks import benchmark_file, parse_benchmarks
+from megatron_codistill.data import build_prompts
+from megatron_codistill.eval.benchmarks import DEFAULT_BENCHMARKS, parse_benchmarks
+from megatron_codistill.eval.metrics import Equivalent
 from megatron_codistill.eval.records import SampleStore
 from megatron_codistill.eval.summary import markdown_table, summarise
 from megatron_codistill.log import get_logger
@@ -32,9 +35,10 @@ RESUME_MUST_MATCH = ("model", "template", "temperature", "top_p", "max_new_token
 class EvalSettings:
     """What to evaluate and how (every field is a `codistill eval` option)."""
 
-    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k", "math500", "minerva"])
+    benchmarks: list[str] = field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
+    """Preset names or `NAME=PATH[:problem_field:answer_field]` specs (`eval.benchmarks`)."""
     data_dir: str = "data"
-    """Directory holding gsm8k/test.jsonl, math500/test.jsonl, minerva_math/test.jsonl."""
+    """Directory holding the presets' usual files (gsm8k/test.jsonl, math500/test.jsonl, ...)."""
     out_dir: str = "eval_out"
     model: str = ""
     """Recorded with the results (a rerun must use the same model to resume)."""
@@ -105,21 +109,32 @@ def _generate_and_score(
     return records
 
 
+def pool_equivalence(pool: VerifierPool) -> Equivalent:
+    """Answer equivalence for maj@k: `a` verified against `b` as the reference, in the pool's workers."""
+    def equivalent(pairs: list[tuple[str, str]]) -> list[bool]:
+        results = verify_batch([f"<answer>{a}</answer>" for a, _ in pairs], [b for _, b in pairs], pool=pool)
+        return [r.score >= 1.0 for r in results]
+
+    return equivalent
+
+
 def evaluate(engine: RolloutEngine, tokenizer, settings: EvalSettings, *, pool: VerifierPool | None = None
              ) -> list[dict]:
-    """Run (or finish) the evaluation; returns one summary dict per benchmark and writes
-    `samples.jsonl`, `summary.md` and `summary.json` under `settings.out_dir`."""
+    """Run (or finish) the evaluation; returns one summary dict per benchmark and writes the samples and
+    summaries under `settings.out_dir` (see the module doc)."""
     out = Path(settings.out_dir)
+    benchmarks = parse_benchmarks(settings.benchmarks)
+    # every file read, validated and rendered before any generation
+    rendered = {b.name: build_prompts(b.load(settings.data_dir, limit=settings.limit), settings.template, tokenizer)
+                for b in benchmarks}
     _check_resume(settings, out)
-    store = SampleStore(out / SAMPLES_FILE)
     own_pool = pool is None
     pool = pool or VerifierPool(settings.reward_workers, settings.reward_timeout_s)
     summaries = []
     try:
-        for bench in parse_benchmarks(settings.benchmarks):
-            path = benchmark_file(bench, settings.data_dir)
-            examples = load_examples(str(path), preset=bench.preset, split="test", limit=settings.limit)
-            prompts = build_prompts(examples, settings.template, tokenizer)
+        for bench in benchmarks:
+            store = SampleStore(out / bench.name / SAMPLES_FILE)
+            prompts = rendered[bench.name]
             modes = [("greedy", 1)] + ([("sampled", settings.n)] if settings.n > 1 else [])
             for mode, want in modes:
                 todo = [(p, have, want - have) for p in prompts
@@ -129,7 +144,11 @@ def evaluate(engine: RolloutEngine, tokenizer, settings: EvalSettings, *, pool: 
                     chunk = todo[i : i + settings.batch_size]
                     records = _generate_and_score(engine, tokenizer, pool, bench.name, chunk, mode, settings)
                     store.append(records)
-            summaries.append(summarise(store, bench.name, [p.example.index for p in prompts], settings.n))
+            summary = summarise(store, bench.name, [p.example.index for p in prompts], settings.n,
+                                pool_equivalence(pool))
+            (out / bench.name / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
+            (out / bench.name / SUMMARY_MD).write_text(markdown_table([summary], title=bench.name))
+            summaries.append(summary)
     finally:
         if own_pool:
             pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -19,8 +20,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+Equivalent = Callable[[list[tuple[str, str]]], list[bool]]
+"""equivalent([(answer, other), ...]) -> whether each `answer` verifies against `other` (one batch)."""
+
+
 def vote_key(answer: str | None) -> str | None:
-    """How answers are grouped for the vote: the normalised answer without spaces (None: abstain)."""
+    """The normalised answer without spaces: answers with the same key are the same answer (None: abstain)."""
     if answer is None:
         return None
     from megatron_codistill.rewards.normalize import normalize_answer
@@ -28,25 +33,59 @@ def vote_key(answer: str | None) -> str | None:
     return "".join(normalize_answer(answer).split()) or None
 
 
-def majority_correct(answers: list[str | None], scores: list[float]) -> bool:
-    """Whether the most frequent answer among samples that gave one is correct.
+def majority_votes(problems: list[tuple[list[str | None], list[float]]], equivalent: Equivalent | None = None
+                   ) -> list[bool]:
+    """maj@k of each problem: whether the largest group of equivalent answers is the correct one.
 
-    Ties go to the answer seen first; a sample without an answer does not vote; no answer at all is
-    wrong. Correctness of the winning answer is the score of its first sample.
+    Groups are by verified equivalence, not text: the samples scored correct form one group (each
+    verified equal to the gold, so `204`, `204.0` and `2.04 \\times 10^2` vote together); the wrong
+    answers are grouped by `equivalent` (each new answer joins the first group whose first answer it
+    verifies against), after merging identical `vote_key`s. Without `equivalent`, by `vote_key` only.
+    Ties go to the group seen first; a sample without an answer does not vote; no answer at all is wrong.
+    All problems' comparisons of a round go to `equivalent` in one batch (one round per distinct answer).
     """
-    if len(answers) != len(scores):
-        raise ValueError(f"{len(answers)} answers but {len(scores)} scores")
-    count: dict[str, int] = {}
-    first: dict[str, int] = {}
-    for i, a in enumerate(answers):
-        key = vote_key(a)
-        if key is not None:
-            count[key] = count.get(key, 0) + 1
-            first.setdefault(key, i)
-    if not count:
-        return False
-    winner = max(count, key=lambda key: (count[key], -first[key]))
-    return scores[first[winner]] >= 1.0
+    states = []
+    for answers, scores in problems:
+        if len(answers) != len(scores):
+            raise ValueError(f"{len(answers)} answers but {len(scores)} scores")
+        correct = [i for i, (a, s) in enumerate(zip(answers, scores)) if a is not None and s >= 1.0]
+        wrong: dict[str, list[int]] = {}  # vote key -> sample indices, in order of first appearance
+        for i, (a, s) in enumerate(zip(answers, scores)):
+            if s < 1.0 and vote_key(a) is not None:
+                wrong.setdefault(vote_key(a), []).append(i)
+        states.append({"answers": answers, "correct": correct, "todo": list(wrong.values()), "groups": []})
+    while any(st["todo"] for st in states):
+        queries, owners = [], []
+        for st in states:
+            if st["todo"] and equivalent is not None:
+                new = st["answers"][st["todo"][0][0]]
+                for g, group in enumerate(st["groups"]):
+                    queries.append((new, st["answers"][group[0]]))
+                    owners.append((st, g))
+        verdicts = equivalent(queries) if queries else []
+        joined: dict[int, int] = {}
+        for (st, g), same in zip(owners, verdicts):
+            if same and id(st) not in joined:
+                joined[id(st)] = g
+        for st in states:
+            if st["todo"]:
+                samples = st["todo"].pop(0)
+                if id(st) in joined:
+                    st["groups"][joined[id(st)]] += samples
+                else:
+                    st["groups"].append(samples)
+    out = []
+    for st in states:
+        groups = [(len(g), -min(g), False) for g in st["groups"]]
+        if st["correct"]:
+            groups.append((len(st["correct"]), -min(st["correct"]), True))
+        out.append(bool(groups) and max(groups)[2])
+    return out
+
+
+def majority_correct(answers: list[str | None], scores: list[float], equivalent: Equivalent | None = None) -> bool:
+    """`majority_votes` of one problem."""
+    return majority_votes([(answers, scores)], equivalent)[0]
 
 
 def k_values(n: int) -> list[int]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from megatron_codistill.eval.metrics import k_values, majority_correct, pass_at_k
+from megatron_codistill.eval.metrics import Equivalent, k_values, majority_votes, pass_at_k
 from megatron_codistill.eval.records import SampleStore
 
 
-def summarise(store: SampleStore, benchmark: str, problems: list[int], n: int) -> dict:
+def summarise(store: SampleStore, benchmark: str, problems: list[int], n: int,
+              equivalent: Equivalent | None = None) -> dict:
     """Metrics of `benchmark` over `problems` (row indices) from the stored records.
 
     greedy: fraction correct at temperature 0. With n > 1 sampled responses per problem also
-    pass@k for k in 1, 2, 4, ..., n (unbiased, averaged over problems) and maj@n (majority vote).
+    pass@k for k in 1, 2, 4, ..., n (unbiased, averaged over problems) and maj@n (majority vote over
+    groups of verified-equivalent answers, `metrics.majority_votes`).
     """
     greedy = store.select(benchmark, problems, "greedy")
     out: dict = {"benchmark": benchmark, "problems": len(problems)}
@@ -24,9 +26,8 @@ def summarise(store: SampleStore, benchmark: str, problems: list[int], n: int) -
             out[f"pass@{k}"] = sum(pass_at_k(n, sum(r["score"] >= 1.0 for r in rs), k) for rs in full) / max(
                 len(full), 1
             )
-        out[f"maj@{n}"] = sum(
-            majority_correct([r["extracted"] for r in rs], [r["score"] for r in rs]) for rs in full
-        ) / max(len(full), 1)
+        votes = majority_votes([([r["extracted"] for r in rs], [r["score"] for r in rs]) for rs in full], equivalent)
+        out[f"maj@{n}"] = sum(votes) / max(len(full), 1)
         every += [r for rs in full for r in rs]
     out["mean_response_tokens"] = sum(r["response_tokens"] for r in every) / max(len(every), 1)
     out["truncated"] = sum(r["finish_reason"] == "length" for r in every) / max(len(every), 1)

@@ -3,7 +3,7 @@
 
 from megatron_codistill.rollout.base import Rollout, RolloutEngine
 
-ALPHABET = "abcdefghijklmnopqrstuvwxyzP0123456789 +=?\\{}#\n.,"
+ALPHABET = "abcdefghijklmnopqrstuvwxyzP0123456789 +=?\\{}#\n.,()^-/$[]"
 
 
 class ScriptedEngine(RolloutEngine):

@@ -1,6 +1,7 @@
 """`codistill eval` end to end: a tiny random Qwen2 checkpoint, an offline character tokenizer, the
-real embedded engine and verifier pool, 20 problems of GSM8K and Minerva. The pipeline is checked
-(records, summary, resume), not the score."""
+real embedded engine and verifier pool, 20 problems of GSM8K and Minerva, and handmade files in the
+AIME, AMC and OlympiadBench layouts plus one with field names of its own. The pipeline is checked
+(records, golds, summaries, resume), not the score."""
 
 import json
 import shutil
@@ -38,9 +39,9 @@ def save_tiny_model(path: Path) -> None:
     Qwen2ForCausalLM(config).save_pretrained(str(path))
 
 
-def run(model: Path, out: Path, *extra: str) -> int:
+def run(model: Path, out: Path, *extra: str, benchmarks: tuple = ("--benchmarks", "gsm8k,minerva")) -> int:
     return main([
-        "eval", "--model", str(model), "--benchmarks", "gsm8k,minerva", "--data-dir", str(DATA),
+        "eval", "--model", str(model), *benchmarks, "--data-dir", str(DATA),
         "--limit", "10", "--max-new-tokens", "6", "--out", str(out), "--reward-workers", "1",
         "--batch-size", "16", *extra,
     ])
@@ -49,8 +50,9 @@ def run(model: Path, out: Path, *extra: str) -> int:
 SAMPLED = ("--n", "2", "--temperature", "1.0")
 
 
-def lines(out: Path) -> list[str]:
-    return (out / "samples.jsonl").read_text().splitlines()
+def lines(out: Path, name: str | None = None) -> list[str]:
+    names = [name] if name else ["gsm8k", "minerva"]
+    return [x for n in names for x in (out / n / "samples.jsonl").read_text().splitlines()]
 
 
 def key(r: dict) -> tuple:
@@ -82,11 +84,12 @@ def test_eval_end_to_end_and_resume(hf_run, tmp_path, capsys):
     table = (first / "summary.md").read_text()
     assert "| gsm8k | 10 |" in table and "| minerva | 10 |" in table
 
-    # an interrupted copy: 25 records and half of the next line; the rerun completes it
+    # an interrupted copy: 25 GSM8K records and half of the next line, no Minerva; the rerun completes it
     out = tmp_path / "eval"
     shutil.copytree(first, out)
-    kept = lines(first)[:25]
-    (out / "samples.jsonl").write_text("\n".join(kept) + "\n" + lines(first)[25][:30])
+    kept = lines(first, "gsm8k")[:25]
+    (out / "gsm8k" / "samples.jsonl").write_text("\n".join(kept) + "\n" + lines(first, "gsm8k")[25][:30])
+    shutil.rmtree(out / "minerva")
     capsys.readouterr()
     assert run(model, out, *SAMPLED) == 0
     assert (out / "summary.md").read_text() in capsys.readouterr().out
@@ -95,6 +98,45 @@ def test_eval_end_to_end_and_resume(hf_run, tmp_path, capsys):
     assert len(resumed) == len({key(r) for r in resumed}) == len(records)
     greedy_before = {key(r): r["response"] for r in records if r["mode"] == "greedy"}
     assert {key(r): r["response"] for r in resumed if r["mode"] == "greedy"} == greedy_before
+
+
+LAYOUT_ROWS = {
+    "aime24": [{"id": 60, "problem": "Find $x$.", "solution": "So $x = 204$.", "answer": "204", "url": "u",
+                "year": "2024"},
+               {"id": 61, "problem": "Find $y$.", "solution": "So $y = 25$.", "answer": "025", "url": "u",
+                "year": "2024"}],
+    "amc23": [{"id": 0, "question": "How many?", "answer": 27.0, "url": "u"}],
+    "olympiadbench": [{"id": 1606, "question": "Find all pairs.", "solution": ["Hence."],
+                       "final_answer": ["$(2,2)$", "$(3,4)$"], "context": None, "is_multiple_answer": True,
+                       "unit": None, "answer_type": "Tuple", "error": None, "subfield": "Number Theory",
+                       "subject": "Math", "language": "English", "modality": "Text-only"}],
+    "mine": [{"q": "Half of one?", "final": "\\frac{1}{2}"}],
+}
+
+
+def test_eval_on_benchmark_files_in_published_layouts_and_a_custom_one(hf_run, tmp_path, capsys):
+    specs = []
+    for name, rows in LAYOUT_ROWS.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        specs += ["--benchmark", f"{name}={path}" + (":q:final" if name == "mine" else "")]
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert run(hf_run / "model", out, benchmarks=tuple(specs)) == 0
+    printed = capsys.readouterr().out
+    golds = {name: [json.loads(x)["reference"] for x in lines(out, name)] for name in LAYOUT_ROWS}
+    assert golds == {"aime24": ["204", "025"], "amc23": ["27"], "olympiadbench": ["(2,2), (3,4)"],
+                     "mine": ["\\frac{1}{2}"]}
+    summaries = json.loads((out / "summary.json").read_text())
+    assert [(s["benchmark"], s["problems"]) for s in summaries] == [
+        ("aime24", 2), ("amc23", 1), ("olympiadbench", 1), ("mine", 1)]
+    for name in LAYOUT_ROWS:
+        assert all(json.loads(x)["benchmark"] == name for x in lines(out, name))
+        assert f"| {name} |" in printed
+    # a custom file read with the wrong fields stops before the model loads, naming file, line and field
+    assert run(hf_run / "model", tmp_path / "bad", benchmarks=("--benchmark", f"mine={tmp_path}/mine.jsonl")) == 2
+    assert "benchmark 'mine': " in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow  # Megatron-Core import and two conversions: ~30 s on 2 busy cores

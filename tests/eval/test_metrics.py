@@ -2,7 +2,7 @@ from itertools import combinations
 
 import pytest
 
-from megatron_codistill.eval.metrics import k_values, majority_correct, pass_at_k
+from megatron_codistill.eval.metrics import k_values, majority_correct, majority_votes, pass_at_k
 
 
 def brute_pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,3 +47,23 @@ def test_k_values():
     assert k_values(1) == [1]
     assert k_values(4) == [1, 2, 4]
     assert k_values(6) == [1, 2, 4, 6]
+
+
+def test_majority_votes_group_wrong_answers_by_equivalence_in_batched_rounds():
+    calls = []
+
+    def same_value(pairs):  # an oracle: equal as numbers
+        calls.append(len(pairs))
+        return [float(a) == float(b) for a, b in pairs]
+
+    problems = [
+        (["205", "204", "205.0", "204", "2.05e2"], [0, 1, 0, 1, 0]),  # wrong 205 x3 beats correct x2
+        (["205", "204", "205.0", "204", "204.00"], [0, 1, 0, 1, 1]),  # correct x3 beats 205 x2
+        (["7", "8", "9"], [0, 0, 0]),  # no correct answer
+    ]
+    assert majority_votes(problems, same_value) == [False, True, False]
+    assert [majority_correct(a, s) for a, s in problems] == [True, True, False]  # by text: 204 x2 wins
+    # one batch per round; a round compares each problem's next distinct wrong answer with its groups so far:
+    # round 1 has no groups yet; round 2: 205.0, 205.0, 8 against one group each; round 3: 2.05e2 against
+    # the merged 205 group, 9 against the groups of 7 and 8
+    assert calls == [1 + 1 + 1, 1 + 2]
