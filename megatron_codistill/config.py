@@ -274,7 +274,8 @@ class RewardConfig:
     format_answer: float = 0.0
     """Bonus for a closing </answer> tag (paper: 0.25)."""
     timeout_s: float = 5.0
-    """Per-answer verification timeout."""
+    """Per-answer verification budget in CPU seconds of the verifier worker (so a loaded machine gives the
+    verdicts of an idle one); a worker also gets at most 10x that in wall-clock time."""
     workers: int = 2
     """Verification worker processes."""
     plugin: str | None = None
@@ -288,11 +289,16 @@ class EvalSetConfig:
     name: str = "heldout"
     """Name used in metric keys (eval/<name>/accuracy)."""
     path: str = ""
-    """Local jsonl/json/parquet file or hub name."""
+    """Local jsonl/json/parquet file or hub name. Read and checked when the run is built (before the warm
+    start), by the loader `codistill eval` uses."""
     preset: str = "math"
-    """Field preset (see data presets)."""
+    """Field preset (see data presets): gsm8k, math, math500, minerva, aime24, amc23, olympiadbench, arith."""
     limit: int | None = None
     """Evaluate on the first `limit` problems only."""
+    prompt_field: str | None = None
+    """Override of the preset's problem field for this set (data.prompt_field is the training set's)."""
+    answer_field: str | None = None
+    """Override of the preset's answer field for this set (a list-valued field is joined as the gold)."""
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""Prompts of a run: the training set as tokenised problems, served per rank in shuffled epochs.
+"""Prompts of a run: the training set as tokenised problems, served per rank in shuffled epochs, and the
+held-out sets of `data.eval`.
 
-Loading, field presets, templates and the resumable cursor live in `megatron_codistill.data`;
-this module binds them to the run's tokenizer and to this rank's share of each step.
+Loading, field presets, templates and the resumable cursor live in `megatron_codistill.data` (the loader
+`codistill eval` uses too); this module binds them to the run's tokenizer and to this rank's share of
+each step. Every file, the evaluation sets included, is read and checked when the stream is built, so a
+bad row stops the run before the warm start, naming the file, line and field.
 """
 
 from __future__ import annotations
@@ -27,16 +30,36 @@ class Problem:
 
 
 def _problems(path: str, preset: str, d: DataConfig, tokenizer, *, split: str = "train",
-              limit: int | None = None, max_prompt_tokens: int | None = None) -> list[Problem]:
+              limit: int | None = None, max_prompt_tokens: int | None = None,
+              prompt_field: str | None = None, answer_field: str | None = None) -> list[Problem]:
     from megatron_codistill import data
 
-    examples = data.load_examples(path, preset=preset, split=split, prompt_field=d.prompt_field,
-                                  answer_field=d.answer_field, limit=limit)
+    examples = data.load_examples(path, preset=preset, split=split, prompt_field=prompt_field,
+                                  answer_field=answer_field, limit=limit)
     try:
         prompts = data.build_prompts(examples, d.template, tokenizer, max_prompt_tokens=max_prompt_tokens)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return [Problem(p.ids, p.text, p.example.answer, p.example.solution) for p in prompts]
+
+
+def _eval_sets(cfg: Config, tokenizer) -> dict[str, list[Problem]]:
+    """Every `data.eval` set, loaded and checked now; ValueError naming the set and where it went wrong."""
+    names = [e.name for e in cfg.data.eval]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"data.eval: set name(s) {twice} used twice; each names its metrics (eval/<name>/...)")
+    out = {}
+    for i, e in enumerate(cfg.data.eval):
+        if not e.path:
+            raise ValueError(f"data.eval[{i}] ({e.name!r}): path is empty; give a jsonl/json/parquet file or a "
+                             "hub name")
+        try:
+            out[e.name] = _problems(e.path, e.preset, cfg.data, tokenizer, split="test", limit=e.limit,
+                                    prompt_field=e.prompt_field, answer_field=e.answer_field)
+        except ValueError as err:
+            raise ValueError(f"data.eval[{i}] ({e.name!r}): {err}") from None
+    return out
 
 
 class PromptStream:
@@ -47,11 +70,12 @@ class PromptStream:
 
         self.cfg, self.tokenizer, self.rank, self.world_size = cfg, tokenizer, rank, world_size
         self.problems = _problems(cfg.data.train, cfg.data.preset, cfg.data, tokenizer, split=cfg.data.split,
-                                  max_prompt_tokens=cfg.data.max_prompt_tokens)
+                                  max_prompt_tokens=cfg.data.max_prompt_tokens, prompt_field=cfg.data.prompt_field,
+                                  answer_field=cfg.data.answer_field)
         seed = cfg.run.seed if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed
         self.sampler = data.EpochSampler(len(self.problems), seed=seed)
         self.per_rank = cfg.algorithm.prompts_per_step // world_size
-        self._eval: dict[str, list[Problem]] = {}
+        self._eval = _eval_sets(cfg, tokenizer)
 
     def next_batch(self) -> list[Problem]:
         """The next step's prompts of this rank (all ranks advance the shared cursor together)."""
@@ -63,9 +87,7 @@ class PromptStream:
         return [self.problems[rng.randrange(len(self.problems))] for _ in range(n)]
 
     def eval_problems(self, e: EvalSetConfig) -> list[Problem]:
-        if e.name not in self._eval:
-            self._eval[e.name] = _problems(e.path, e.preset, self.cfg.data, self.tokenizer, split="test",
-                                           limit=e.limit)
+        """The problems of one `data.eval` set, loaded when the stream was built."""
         return self._eval[e.name]
 
     def state_dict(self) -> dict:
