@@ -1,6 +1,6 @@
 """Reward throughput: answers verified per second on the MATH-500 golds, with 1 and 2 verifier workers.
 
-    python benchmarks/bench_rewards.py --data-dir /path/to/data [--workers 1,2] [--out FILE]
+    python benchmarks/bench_rewards.py --data-dir /path/to/data [--workers 1,2] [--limit N] [--out FILE]
 
 Three passes over the 500 golds, each written as a model answer (`... \\boxed{...}`):
 - "same text": the gold itself (accepted without sympy: the cheap case);
@@ -11,8 +11,10 @@ Three passes over the 500 golds, each written as a model answer (`... \\boxed{..
   scores the G responses of a prompt.
 Two rates per pass: wall-clock answers/s (what this machine gave, shared or not), and answers / CPU
 seconds of the busiest worker (read from /proc: the rate with a free core per worker). Worker
-start-up is timed apart. Prints a markdown table and writes it to --out
-(default benchmarks/results/rewards.md).
+start-up (imports and the warm-up self-check) is timed apart. "restarts" lists the workers replaced
+during the passes by reason (`VerifierPool.restart_reasons`: a worker whose budget fired retires).
+Prints a markdown table and writes it to --out (default benchmarks/results/rewards.md); `--limit`
+takes the first N golds for a quick smoke run.
 """
 
 from __future__ import annotations
@@ -61,21 +63,22 @@ def measure(golds: list[str], workers: int, timeout_s: float) -> list[dict]:
         rows = [{"pass": "same text", **timed(pool, golds, golds)},
                 {"pass": "wrong, cold", **timed(pool, wrong, golds)},
                 {"pass": "wrong, warm", **timed(pool, wrong, golds)}]
+        restarts = ", ".join(f"{k} {v}" for k, v in sorted(pool.restart_reasons.items())) or "0"
         for r in rows:
-            r.update(workers=workers, startup=startup, timeouts=pool.restarts)
+            r.update(workers=workers, startup=startup, restarts=restarts)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     base = {r["pass"]: r for r in rows if r["workers"] == rows[0]["workers"]}
     head = ["workers", "pass", "answers/s (wall)", "answers/s (free cores)", "speed-up (wall)",
-            "speed-up (free cores)", "accepted", "start-up (s)", "timeouts"]
+            "speed-up (free cores)", "accepted", "start-up (s)", "restarts"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         b = base[r["pass"]]
         cells = [str(r["workers"]), r["pass"], f"{r['wall']:.1f}", f"{r['cpu']:.1f}",
                  f"{r['wall'] / b['wall']:.2f}x", f"{r['cpu'] / b['cpu']:.2f}x", f"{100 * r['accepted']:.1f}%",
-                 f"{r['startup']:.1f}", str(r["timeouts"])]
+                 f"{r['startup']:.1f}", r["restarts"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -84,10 +87,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data", help="holds math500/test.jsonl")
     p.add_argument("--workers", default="1,2")
-    p.add_argument("--timeout", type=float, default=5.0, help="per-answer deadline (s)")
+    p.add_argument("--timeout", type=float, default=5.0, help="per-answer budget (CPU seconds)")
+    p.add_argument("--limit", type=int, default=None, help="first N golds only (a smoke run)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rewards.md"))
     args = p.parse_args()
-    golds = [e.answer for e in load_examples(str(Path(args.data_dir) / "math500/test.jsonl"), preset="math")]
+    golds = [e.answer for e in load_examples(str(Path(args.data_dir) / "math500/test.jsonl"), preset="math",
+                                             limit=args.limit)]
     load_before = os.getloadavg()[0]
     rows = [r for w in args.workers.split(",") for r in measure(golds, int(w), args.timeout)]
     text = (
