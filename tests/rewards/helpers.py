@@ -25,3 +25,11 @@ def short_reward(responses, references, **context):
 
 
 NOT_CALLABLE = 3
+
+
+def broken_verify(response: str, reference: str, budget_s: float) -> RewardResult:
+    """A verifier whose self-check can never pass (it calls everything wrong)."""
+    return RewardResult(0.0, "wrong")
+
+
+broken_verify.self_check = (("\\boxed{1}", "1", 1.0),)

@@ -139,3 +139,10 @@ def test_a_forked_child_cannot_use_or_stop_the_parents_pool(fast_pool):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert fast_pool.score(["\\boxed{1}"], ["1"])[0].score == 1.0
+
+
+def test_workers_that_always_fail_their_self_check_stop_the_pool_with_a_clear_error():
+    with VerifierPool(num_workers=1, timeout_s=1.0, verify_fn="tests.rewards.helpers:broken_verify") as pool:
+        with pytest.raises(RuntimeError, match=r"6 verifier workers in a row failed to start \(last: warmup"):
+            pool.score(["\\boxed{1}"], ["1"])
+        assert pool.restart_reasons == {"warmup": 5}
