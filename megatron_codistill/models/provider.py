@@ -146,10 +146,13 @@ def layer_spec(arch: ModelArch, transformer_impl: str = "auto"):
 def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_process: bool,
                     params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto",
                     fp8: str | None = None, seq_length: int | None = None, recompute: str = "none",
-                    recompute_method: str | None = None, recompute_num_layers: int | None = None):
+                    recompute_method: str | None = None, recompute_num_layers: int | None = None,
+                    device: torch.device | str | None = None):
     """GPTModel for this rank's shard: TP and PP sizes are read from `pg_collection`.
 
     recompute, recompute_method, recompute_num_layers: activation recomputation (`recompute_options`).
+    fp8: TE's amax reduction runs over this model's TP x DP x CP group (`models.fp8`), never the job.
+    device: where the module lives (`model_device`): the current CUDA device on GPU machines.
 
     Vocab is padded to `arch.padded_vocab_size(tp)` (padded logit columns must be masked, see
     parallel.logprobs); the output stays vocab-parallel (parallel_output=True): logits [B, T, V/tp].
@@ -164,6 +167,10 @@ def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_p
                                          layers_per_stage=arch.num_layers // pp)
     config = transformer_config(arch, tp=tp, pp=pp, params_dtype=params_dtype, fp8=fp8,
                                 transformer_impl=impl, **recompute_kwargs)
+    if fp8 is not None:
+        from megatron_codistill.models.fp8 import bind_amax_group
+
+        bind_amax_group(config, pg_collection)
     if impl == "local":
         _ensure_global_memory_buffer()
     model = GPTModel(
@@ -176,7 +183,21 @@ def build_gpt_model(arch: ModelArch, *, pg_collection, pre_process: bool, post_p
     )
     model.arch = arch  # the true vocab size and architecture travel with the model
     _cast_parameters(model, params_dtype)
+    target = model_device(device)
+    if target is not None:
+        model.to(target)
     return model
+
+
+def model_device(device: torch.device | str | None = None) -> torch.device | None:
+    """Where build_gpt_model puts the module: `device` when given, else the current CUDA device when
+    CUDA is available (TE layers allocate there by themselves, the local spec's norms and embeddings
+    do not), else None: the module stays on the CPU where it was built."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
 
 
 def _cast_parameters(model, dtype: torch.dtype) -> None:
