@@ -61,6 +61,7 @@ class ModelUpdateLock:
         with self.cond:
             self.cond.wait_for(lambda: not self.writing)
             self.readers += 1
+            self.cond.notify_all()  # for whoever waits to see a generation running
         try:
             yield
         finally:
