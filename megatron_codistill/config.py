@@ -193,8 +193,9 @@ class WarmStartConfig:
     """Peak learning rate of the large model's warm start (cosine decay to 0)."""
     batch_size: int = 64
     """Sequences per warm-start step (split over data-parallel ranks)."""
-    solution_field: str = "solution"
-    """Dataset field holding the gold solution text (the response to imitate)."""
+    data: str | None = None
+    """Problems with gold solutions to imitate (read with `data.preset`); None = `data.train`. A warm
+    start on other (e.g. easier) data than RL is how SFT then RL usually goes."""
     checkpoint_every: int = 100
     """Checkpoint the warm start's progress every N of its steps (a signal also checkpoints it); 0 = only
     on a signal."""
@@ -426,6 +427,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     for m in (cfg.large, cfg.small):
         m.hf_config, m.checkpoint, m.tokenizer = fix(m.hf_config), fix(m.checkpoint), fix(m.tokenizer)
     cfg.data.train = fix(cfg.data.train) or ""
+    cfg.warm_start.data = fix(cfg.warm_start.data)
     for e in cfg.data.eval:
         e.path = fix(e.path) or ""
     cfg.algorithm.sft.file = fix(cfg.algorithm.sft.file)

@@ -3,6 +3,7 @@
     CODISTILL_FAULT="checkpoint.after_marker"            raise InjectedFault the first time
     CODISTILL_FAULT="checkpoint.after_marker:exit"       os._exit(17), like a kill: no cleanup runs
     CODISTILL_FAULT="checkpoint.after_marker@3:exit"     the 3rd time the point is reached
+    CODISTILL_FAULT="warm_start.step@5:sigterm"          send this process SIGTERM (a preemption)
 
 Unset (the normal case), `fault_point` is one dictionary lookup. Stdlib only: every layer may call it.
 """
@@ -10,6 +11,7 @@ Unset (the normal case), `fault_point` is one dictionary lookup. Stdlib only: ev
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 
 EXIT_CODE = 17
@@ -34,4 +36,7 @@ def fault_point(name: str) -> None:
         return
     if action == "exit":
         os._exit(EXIT_CODE)
+    if action == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise InjectedFault(f"injected fault at {name}")

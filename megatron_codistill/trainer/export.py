@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_codistill.config import Config, load_config, model_arch
+from megatron_codistill.faults import fault_point
 from megatron_codistill.log import get_logger
 from megatron_codistill.trainer.checkpoint import (
     MARKER,
@@ -169,6 +170,7 @@ def write_hf(out: Path, arch, tensors: dict[str, torch.Tensor], *, source: str |
             GenerationConfig(**{k: v for k, v in ids.items() if v is not None}).save_pretrained(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
+        fault_point("export.before_marker")
         write_marker(tmp, {"format": "hf-safetensors", "source": "training checkpoint"})
 
 

@@ -76,6 +76,7 @@ class PromptStream:
         self.sampler = data.EpochSampler(len(self.problems), seed=seed)
         self.per_rank = cfg.algorithm.prompts_per_step // world_size
         self._eval = _eval_sets(cfg, tokenizer)
+        self.warm = self._warm_start_problems()
 
     def next_batch(self) -> list[Problem]:
         """The next step's prompts of this rank (all ranks advance the shared cursor together)."""
@@ -85,6 +86,26 @@ class PromptStream:
     def sample(self, n: int, rng: random.Random) -> list[Problem]:
         """`n` problems drawn uniformly with `rng` (independent of the cursor)."""
         return [self.problems[rng.randrange(len(self.problems))] for _ in range(n)]
+
+    def sample_warm(self, n: int, rng: random.Random) -> list[Problem]:
+        """`n` warm-start problems (with gold solutions) drawn uniformly with `rng`."""
+        return [self.warm[rng.randrange(len(self.warm))] for _ in range(n)]
+
+    def _warm_start_problems(self) -> list[Problem]:
+        """The warm start's problems (`warm_start.data`, default `data.train`), all with a gold solution."""
+        w, d = self.cfg.warm_start, self.cfg.data
+        if not (w.small_steps or w.large_steps):
+            return []
+        path = w.data or d.train
+        problems = self.problems if not w.data else _problems(
+            path, d.preset, d, self.tokenizer, split=d.split, prompt_field=d.prompt_field,
+            answer_field=d.answer_field)
+        missing = [i for i, p in enumerate(problems) if not p.solution]
+        if missing:
+            raise ValueError(f"warm_start: {len(missing)} of {len(problems)} problems of {path} have no gold "
+                             f"solution (first: row {missing[0]}); the {d.preset!r} preset reads it from its "
+                             "solution field")
+        return problems
 
     def eval_problems(self, e: EvalSetConfig) -> list[Problem]:
         """The problems of one `data.eval` set, loaded when the stream was built."""

@@ -19,6 +19,7 @@ import math
 import random
 from collections.abc import Callable
 
+from megatron_codistill.faults import fault_point
 from megatron_codistill.log import get_logger
 from megatron_codistill.trainer.supervised import sft_update
 
@@ -40,7 +41,7 @@ def cosine_lr(peak: float, i: int, steps: int) -> float:
 
 def gold_pairs(run, n: int, seed: int) -> list[tuple[list[int], list[int]]]:
     """`n` (prompt, gold solution + EOS) pairs drawn at random from the training set."""
-    problems = run.prompts.sample(n, random.Random(seed))
+    problems = run.prompts.sample_warm(n, random.Random(seed))
     eos = run.tokenizer.eos_token_id
     return [(p.prompt_ids, run.tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [eos])
             for p in problems]
@@ -63,6 +64,7 @@ def warm_start(run, progress: dict[str, int], *, should_stop: Callable[[], bool]
             metrics = sft_update(run, [name], gold_pairs(run, per_rank, seed), per_rank,
                                  lr=cosine_lr(lrs[name], i, steps))
             progress[name] = i + 1
+            fault_point("warm_start.step")
             if i % 50 == 0 or i == steps - 1:
                 log.info("warm start %s %d/%d: nll %.4f", name, i + 1, steps, metrics[f"{name}/loss"])
             if should_stop():
