@@ -157,14 +157,15 @@ class _Policy:
         return iter(_buckets(self.scale))
 
 
-def _sync_then_generate(urls: list[str], strategy: str, run_dir: str) -> list[int]:
+def _sync_then_generate(urls: list[str], strategy: str, run_dir: str, address: str) -> list[int]:
     import torch.distributed as dist
 
     from megatron_codistill.config import RolloutConfig, SGLangConfig
     from megatron_codistill.trainer.engines import sync_engine
 
     rank = dist.get_rank()
-    r = RolloutConfig(engine="sglang", weight_sync=strategy, sglang=SGLangConfig(urls=list(urls)))
+    r = RolloutConfig(engine="sglang", weight_sync=strategy,
+                      sglang=SGLangConfig(urls=list(urls), weight_group_address=address))
     engine = SGLangEngine(urls, tp_sizes=[1] * len(urls), retries=0)
     policy, served = _Policy(), []
     for version in (1, 2):
@@ -196,7 +197,9 @@ def _check_order(events: list[list[str]]) -> int:
 def test_two_ranks_generate_only_after_the_sync_finished(tmp_path, strategy):
     servers = _launch(tmp_path / "logs", 2)
     try:
-        served = run_distributed(_sync_then_generate, 2, servers.urls, strategy, str(tmp_path), timeout=300)
+        # nccl: the servers dial the configured address (this host by name); default: the route to them
+        address = "localhost" if strategy == "nccl" else ""
+        served = run_distributed(_sync_then_generate, 2, servers.urls, strategy, str(tmp_path), address, timeout=300)
         assert served == [[1, 1, 2, 2], [1, 1, 2, 2]]
         for url in servers.urls:
             requests = servers.client.call(url, "/debug/requests", method="GET")
@@ -206,6 +209,8 @@ def test_two_ranks_generate_only_after_the_sync_finished(tmp_path, strategy):
             if strategy == "nccl":
                 session = ["/begin_weight_update"] + ["/update_weights_from_distributed"] * 2 + ["/end_weight_update"]
                 assert paths == session * 2
+                (init,) = [b for p, b in requests if p == "/init_weights_update_group"]
+                assert init["master_address"] == "localhost" and init["backend"] == "gloo"
                 versions = [b.get("weight_version") for p, b in requests if p == "/update_weights_from_distributed"]
                 assert versions == [None, "1", None, "2"]
                 got = servers.client.call(url, "/debug/received", method="GET")
