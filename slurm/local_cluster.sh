@@ -45,7 +45,7 @@ cmd_install() {
         log "packages already installed: ${PACKAGES[*]}"
         return 0
     fi
-    [[ $(id -u) -eq 0 ]] || die "install needs root (apt-get install ${missing[*]})"
+    [[ $(id -u) -eq 0 ]] || die "install needs root (apt-get install ${missing[*]:-${PACKAGES[*]}})"
     log "installing: ${missing[*]:-${PACKAGES[*]}}"
     # The package scripts try to start system services; inside containers there is no init system,
     # so refuse service starts during the install (policy-rc.d exit 101 = action forbidden).

@@ -18,6 +18,8 @@ import sys
 
 from tests.launch.dry_run import NODE_LAUNCH, REPO, SBATCH, clean_env, sbatch_dry_run, sglang_python, torchrun_options
 
+LOCAL_CLUSTER = REPO / "slurm" / "local_cluster.sh"
+
 EXAMPLE = "examples/qwen2.5-math-1.5b_7b.yaml"
 
 
@@ -94,14 +96,15 @@ def test_node_launch_starts_two_agents_of_one_rendezvous_on_this_machine():
 # Arrays these scripts fill before every use (never empty where expanded); any other array must be
 # expanded as ${A[@]+"${A[@]}"}, since bash < 4.4 calls an empty "${A[@]}" unbound under `set -u`.
 NON_EMPTY = {"HOSTS", "TRAIN_HOSTS", "SGLANG_HOSTS", "TRAIN_SRUN", "SGLANG_SRUN", "URLS", "SERVER_ARGS", "AGENT_ARGS",
-             "TRAIN_ARGS", "CMD", "LAUNCH", "launcher"}
+             "TRAIN_ARGS", "CMD", "LAUNCH", "PACKAGES", "BINARIES"}
 GUARD = r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}'
 
 
 def test_possibly_empty_arrays_are_expanded_safely_for_old_bash():
     must = {SBATCH: {"OVERRIDES", "ROLLOUT_OVERRIDES", "CPU_ARGS"}, NODE_LAUNCH: {"ARGS", "EXTRA"}}
-    for script, must_guard in must.items():
+    for script in (SBATCH, NODE_LAUNCH, LOCAL_CLUSTER):
         text = script.read_text()
-        assert set(re.findall(GUARD, text)) >= must_guard
-        for name in re.findall(r'"\$\{(\w+)\[[@*]\][^}]*\}"', re.sub(GUARD, "", text)):
+        assert set(re.findall(GUARD, text)) >= must.get(script, set())
+        # any other expansion (quoted or not, slices included) but ${#A[@]} and ${A[*]:-default}
+        for name in re.findall(r"\$\{(\w+)\[[@*]\](?!:?[-+=?])", re.sub(GUARD, "", text)):
             assert name in NON_EMPTY, f"{script.name}: {name} may be empty where expanded; guard it (see NON_EMPTY)"
