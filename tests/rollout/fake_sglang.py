@@ -21,6 +21,7 @@ Failure modes, chosen per server:
   ok | http500 | flaky:K (first K /generate answer 503) | slow:S (sleep S s in /generate)
   | malformed (no meta_info) | short (one result missing) | abort | fail_update | mismatch (wrong ids)
   | refuse_bucket:K (the K-th /update_weights_from_distributed, from 1, answers 400 without joining)
+  | refuse_group (/init_weights_update_group answers 400 without joining the rendezvous)
 
 `state.generate_gate` (a threading.Event, set) holds every /generate while cleared, to make a
 generation "running" deterministically. `events` records ("in" | "out", path) when a request
@@ -273,6 +274,8 @@ class Handler(BaseHTTPRequestHandler):
     def _route_init_weights_update_group(self, body):
         from megatron_codistill.rollout.weight_group import init_weight_update_group
 
+        if self.state.mode == "refuse_group":
+            return self._refuse("Failed to initialize custom process group: injected refusal")
         self.state.group = init_weight_update_group(
             body["master_address"],
             body["master_port"],

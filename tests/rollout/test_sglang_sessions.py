@@ -3,8 +3,8 @@
 - The fake's own rules: a distributed update outside a begin/end session is refused, sessions do not
   nest, /flush_cache is refused while a generation runs.
 - One process, one server: the client opens a session, sends `flush_cache` and `weight_version` with
-  the last bucket only, closes the session; a bucket the server refuses reaches the caller as an
-  error naming the server (not a broadcast left waiting for the group timeout).
+  the last bucket only, closes the session; a bucket (or a group join) the server refuses reaches
+  the caller as an error naming the server, not a collective left waiting for the group timeout.
 - Two trainer ranks, two servers in their own processes, strategies disk and nccl (the weight group
   over gloo): every /generate of either rank arrives after the sync that precedes it has finished
   on the servers, and is served with the new weight version.
@@ -117,6 +117,16 @@ def test_a_refused_bucket_reaches_the_caller_instead_of_a_hung_broadcast(tmp_pat
             engine.update_weights_from_distributed(_buckets(1.0), version=1)
         assert "bucket 2" in str(info.value)
         assert engine.version == 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_server_that_refuses_the_group_fails_the_rendezvous_at_once(tmp_path):
+    engine = _launch(tmp_path, 1, mode="refuse_group")
+    try:
+        with pytest.raises(RolloutServerError, match=r"/init_weights_update_group.*injected refusal"):
+            engine.init_weight_update_group("127.0.0.1", free_port(), backend="gloo", timeout=GROUP_TIMEOUT)
+        assert engine._group is None
     finally:
         engine.shutdown()
 
