@@ -18,7 +18,7 @@ CLEAN_ENV = {k: v for k, v in os.environ.items()
 def train(run_dir: Path, overrides: list[str], *, nproc: int = 1) -> list[dict]:
     """Run `codistill train` on the tiny config; returns the metrics rows. Raises with the log on failure."""
     launcher = [sys.executable, "-m", "megatron_codistill.cli"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-port=0",
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--standalone",
         "-m", "megatron_codistill.cli"]
     cmd = [*launcher, "train", str(TINY), f"run.dir={run_dir}", *QUIET, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=CLEAN_ENV)

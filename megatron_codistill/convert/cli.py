@@ -6,6 +6,7 @@ Imports of torch / Megatron happen inside the handler so that `codistill --help`
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -38,7 +39,9 @@ def add_convert_args(subparsers) -> argparse.ArgumentParser:
                           help="weights dtype of the checkpoint (default: that of the HF tensors)")
     to_mcore.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     to_hf = sub.add_parser("mcore-to-hf", help="Megatron distributed checkpoint -> HF sharded safetensors")
-    to_hf.add_argument("--mcore", required=True, help="checkpoint written by hf-to-mcore or by training")
+    to_hf.add_argument("--mcore", required=True,
+                       help="checkpoint written by hf-to-mcore or save_mcore_checkpoint (a checkpoint of "
+                            "`codistill train` exports with `codistill export RUN_DIR`)")
     to_hf.add_argument("--out", required=True, help="output directory (must not hold files)")
     to_hf.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"),
                        help="largest safetensors shard (default 5GB)")
@@ -64,6 +67,12 @@ def run_convert_cli(args: argparse.Namespace) -> int:
                                       max_shard_bytes=args.max_shard_size)
     except (CheckpointError, ValueError) as err:
         sys.stderr.write(f"codistill convert {args.convert_direction}: error: {err}\n")
+        mcore = getattr(args, "mcore", None)
+        if mcore and os.path.isfile(os.path.join(mcore, "trainer_state.json")):
+            run_dir = os.path.dirname(os.path.dirname(os.path.abspath(mcore)))
+            step = os.path.basename(os.path.abspath(mcore)).removeprefix("step_").lstrip("0") or "0"
+            sys.stderr.write(f"{mcore} is a checkpoint of `codistill train`: export it with "
+                             f"`codistill export {run_dir} --step {step} --out DIR`\n")
         return 2
     sys.stdout.write(f"wrote {out} in {time.perf_counter() - start:.1f} s\n")
     return 0
