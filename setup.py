@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "tensorboard",
         "matplotlib",
+        "scipy",  # t quantiles of `codistill sweep`
         "einops",
     ],
     extras_require={

@@ -1,6 +1,6 @@
 """`codistill`: the command line. Only this module sees argparse namespaces.
 
-Subcommands: train, config show, convert, export, eval, plan, plot. Each imports its component lazily so
+Subcommands: train, config show, convert, export, eval, plan, sweep, plot. Each imports its component lazily so
 that `codistill --help` is instant and a missing optional dependency only affects its subcommand.
 """
 
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
               "megatron_codistill.eval.cli", "add_eval_args", "run_eval_cli", owns_parser=False)
     _add_lazy(sub, "plan", "plan memory and step time of a model pair on a GPU cluster",
               "megatron_codistill.planner.cli", "add_plan_args", "run_plan_cli", owns_parser=True)
+    _add_lazy(sub, "sweep", "run a grid of training runs (locally or as a SLURM job array) and aggregate it",
+              "megatron_codistill.sweep.cli", "add_sweep_args", "run_sweep_cli", owns_parser=False)
     _add_export(sub)
     _add_plot(sub)
     return parser
