@@ -248,8 +248,25 @@ class AlgorithmConfig:
     """KD_i = mean (or sum) over o_i of d_it = l^L - l^S."""
     kd_token_alpha: float = 0.0
     """Token-level variant: A_it += kd_token_alpha * d_it after whitening; 0 disables it."""
-    kd_reference: Literal["none", "gold"] = "none"
-    """gold: reference-conditioned ("ghost response") KD, the teacher also sees the gold solution."""
+    kd_reference: Literal["none", "gold", "teacher"] = "none"
+    """Reference-conditioned ("ghost response") KD: the large model scores the small model's rollouts with a
+    reference solution in its context (`kd_context`) for the small model's KD term; gold: the training row's
+    solution; teacher: a large-model sample the verifier accepts (needs rollout.engine=embedded); none: off.
+    The large model's own update keeps its unconditioned log-probs."""
+    kd_context: str = "Reference solution:\n{reference}\n\n{prompt}"
+    """The teacher's context with kd_reference: {reference} and {prompt} (the rollout's own prompt tokens),
+    once each; the literal text around them is tokenised without special tokens."""
+    kd_teacher_samples: int = 4
+    """kd_reference=teacher: large-model samples per prompt per step; the first the verifier accepts is the
+    reference (none accepted: that prompt's rollouts keep the plain teacher)."""
+    supervision: Literal["outcome", "process"] = "outcome"
+    """outcome: one task reward per rollout; process (DeepSeekMath): a reward per reasoning step (cut by
+    `step_delimiters`) from the exact checker or `reward.process_model`, normalised over the group's steps,
+    A_it = sum of normalised step rewards at or after t. For the generator's GRPO and the large model's
+    importance-weighted update; the small model's KD reward is whitened on its own and added."""
+    step_delimiters: list[str] = field(default_factory=lambda: ["\n\n"])
+    """supervision=process: strings that end a reasoning step (the text after the last one is the final
+    step); the arithmetic task's steps end with "," and ";"."""
     pods_n: int | None = None
     """PODS: draw pods_n > G rollouts per prompt, keep the G with the largest reward variance."""
     is_weight: Literal["token_tis", "token_mis", "seq_geo", "seq_mis"] = "token_tis"
@@ -263,11 +280,47 @@ class AlgorithmConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """Iterative RL (DeepSeekMath): the learned reward model in use (`reward.model`, or `reward.process_model`
+    with supervision=process) is retrained in the job on the newest rollouts labelled by the verifier."""
+
+    every: int = 0
+    """Train the reward model every N RL steps on the rollouts since its last round; 0 = never."""
+    replay_frac: float = 0.1
+    """Fraction of each round's examples drawn from older labelled rollouts (replay), in [0, 1)."""
+    buffer_size: int = 4096
+    """Older labelled rollouts kept for replay (the oldest are dropped)."""
+    epochs: int = 1
+    """Passes over each round's examples."""
+    batch_size: int = 32
+    """Examples per Adam step."""
+    lr: float = 1e-4
+    """Learning rate of the reward model's Adam (no weight decay)."""
+    reset_reference: bool = False
+    """After each round, reset the KL reference of every trained model to its current weights (needs
+    algorithm.kl_beta > 0)."""
+
+
+@dataclass
 class RewardConfig:
     """Task reward."""
 
-    kind: Literal["math", "arith", "plugin"] = "math"
-    """math: math-verify on extracted answers; arith: exact match of the tiny task; plugin: `plugin`."""
+    kind: Literal["math", "arith", "plugin", "model"] = "math"
+    """math: math-verify on extracted answers; arith: exact match of the tiny task; plugin: `plugin`;
+    model: the learned outcome reward model `model` (the rollouts are still labelled by `verifier`)."""
+    model: str | None = None
+    """kind=model: an HF sequence-classification checkpoint (directory or hub name; a directory with only a
+    config.json starts from fresh weights) reading the policies' token ids; its score is the log-odds that
+    the rollout is correct and the task reward is correct * sigmoid(score)."""
+    verifier: Literal["math", "arith", "plugin"] = "math"
+    """kind=model: the rule-based reward that labels rollouts (reward-model retraining, the generator's
+    task_reward metric, evaluation accuracy, kd_reference=teacher)."""
+    process_model: str | None = None
+    """algorithm.supervision=process: an HF token-classification checkpoint whose score at a step's last token
+    is the log-odds that the step is right (step reward: its sigmoid); None = the exact step checker, each
+    step against the gold solution's (the arithmetic task, whose worked steps are unique)."""
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    """Iterative RL: retraining of the learned reward model during the run."""
     correct: float = 1.0
     """Reward of a correct answer."""
     format_think: float = 0.0
@@ -431,6 +484,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     for e in cfg.data.eval:
         e.path = fix(e.path) or ""
     cfg.algorithm.sft.file = fix(cfg.algorithm.sft.file)
+    cfg.reward.model, cfg.reward.process_model = fix(cfg.reward.model), fix(cfg.reward.process_model)
 
 
 def to_yaml(cfg: Config) -> str:
@@ -513,10 +567,61 @@ def validate(cfg: Config, world_size: int) -> None:
                "set large.checkpoint (HF or converted Megatron checkpoint) or warm_start.large_steps > 0")
     _check(bool(cfg.data.train) or (a.mode == "sft" and bool(a.sft.file)),
            "data.train is empty: give a jsonl/json/parquet file or a hub dataset name")
+    _check_objectives(cfg)
     if cfg.rollout.engine == "sglang":
         s = cfg.rollout.sglang
         _check(bool(s.urls) or s.launch, "rollout.engine is sglang: give rollout.sglang.urls or set "
                "rollout.sglang.launch=true")
+
+
+def _check_objectives(cfg: Config) -> None:
+    """Reference-conditioned KD, process supervision and learned reward models, before any compute."""
+    a, r = cfg.algorithm, cfg.reward
+    teacher_modes = ("codistill", "kd_grpo", "opd")
+    if a.kd_reference != "none":
+        _check(a.mode in teacher_modes, f"algorithm.kd_reference={a.kd_reference} conditions the large model's KD "
+               f"scores, which mode {a.mode!r} has none of; use a mode of {list(teacher_modes)} or kd_reference=none")
+        for name in ("prompt", "reference"):
+            _check(a.kd_context.count("{" + name + "}") == 1, f"algorithm.kd_context must hold {{{name}}} once, "
+                   f"got {a.kd_context!r}")
+    if a.kd_reference == "teacher":
+        _check(cfg.rollout.engine == "embedded" and a.kd_teacher_samples >= 1,
+               f"algorithm.kd_reference=teacher samples the large model in this process (an embedded engine of "
+               f"its own), which needs rollout.engine=embedded (got {cfg.rollout.engine}) and kd_teacher_samples "
+               f">= 1 (got {a.kd_teacher_samples}); with SGLang use kd_reference=gold")
+    verifier = r.verifier if r.kind == "model" else r.kind
+    if a.supervision == "process":
+        _check(a.mode not in ("opd", "sft"), f"algorithm.supervision=process needs a task reward; mode {a.mode!r} "
+               "has none (opd) or is supervised (sft)")
+        _check(bool(r.process_model) or verifier == "arith",
+               f"algorithm.supervision=process: the {verifier!r} reward has no exact step checker (only the arith "
+               "task has one); set reward.process_model to a token-classification checkpoint")
+        _check(bool(a.step_delimiters) and all(a.step_delimiters), "algorithm.step_delimiters must be a non-empty "
+               f"list of non-empty strings, got {a.step_delimiters!r}")
+    if (a.kd_reference != "none" or (a.supervision == "process" and verifier == "arith")) \
+            and cfg.rollout.prompt_overflow != "error":
+        _check(False, "algorithm.kd_reference and the exact step checker find each rollout's training problem by "
+               "its prompt tokens: rollout.prompt_overflow must be error (truncated prompts match no problem)")
+    if r.kind == "model":
+        _check(bool(r.model), "reward.kind=model needs reward.model (an HF sequence-classification checkpoint)")
+        if r.verifier == "plugin":
+            _check(bool(r.plugin), "reward.verifier=plugin needs reward.plugin ('package.module:function')")
+    t = r.retrain
+    if t.every:
+        learned = [k for k, on in (("reward.model", r.kind == "model"),
+                                   ("reward.process_model", a.supervision == "process" and bool(r.process_model)))
+                   if on]
+        _check(len(learned) == 1, f"reward.retrain.every={t.every} trains the one learned reward model in use; "
+               f"this run uses {learned or 'none'} (set reward.kind=model or supervision=process with "
+               "reward.process_model)")
+        _check(t.every >= 1 and 0 <= t.replay_frac < 1 and t.buffer_size >= 0 and t.epochs >= 1
+               and t.batch_size >= 1 and t.lr > 0, f"reward.retrain: need every >= 1, 0 <= replay_frac < 1, "
+               f"buffer_size >= 0, epochs >= 1, batch_size >= 1, lr > 0; got {t}")
+        _check(learned != ["reward.process_model"] or verifier == "arith", "reward.retrain of a process model "
+               f"learns from exact step labels, which the {verifier!r} reward has none of (only arith)")
+    _check(not t.reset_reference or (t.every and a.kl_beta > 0), "reward.retrain.reset_reference resets the KL "
+           f"reference after each round: it needs reward.retrain.every > 0 (got {t.every}) and algorithm.kl_beta > 0 "
+           f"(got {a.kl_beta})")
 
 
 def _check_recompute(m: ModelConfig, layers_per_stage: int) -> None:
