@@ -13,6 +13,7 @@ which includes any wait between a requeue and the restart.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -174,10 +175,15 @@ def _paired_table(spec: SweepSpec, data: list[CellData], keys: list[str]) -> lis
     return out
 
 
-def _decimals(ref: float | None) -> int:
-    """Decimals for a row of numbers of magnitude `ref`: 3 below 10, 1 below 1000, else 0."""
-    ref = abs(ref or 0.0)
-    return 3 if ref < 10 else 1 if ref < 1000 else 0
+def _decimals(*xs: float | None) -> int:
+    """Decimals of a row of numbers, from its largest magnitude: 0 from 1000, 1 from 10, 3 from 0.01 (and
+    for zeros), else 3 significant digits (at most 8 decimals)."""
+    ref = max((abs(x) for x in xs if x is not None), default=0.0)
+    if ref >= 1000:
+        return 0
+    if ref >= 10:
+        return 1
+    return 3 if ref >= 0.01 or ref == 0 else min(2 - math.floor(math.log10(ref)), 8)
 
 
 def _num(x: float | None, d: int, signed: bool = False) -> str:
@@ -186,7 +192,7 @@ def _num(x: float | None, d: int, signed: bool = False) -> str:
 
 def _row(e: dict, signed: bool = False) -> list[str]:
     """[mean, 95% CI, by seed] of an estimate entry, all with the mean's decimals."""
-    d = _decimals(e["mean"])
+    d = _decimals(e["mean"], e["lo"], e["hi"])
     ci = "-" if e["lo"] is None else f"[{_num(e['lo'], d, signed)}, {_num(e['hi'], d, signed)}]"
     seeds = ", ".join(f"{s}: {_num(v, d, signed)}" for s, v in e["by_seed"].items()) or "-"
     return [_num(e["mean"], d, signed), ci, seeds]
@@ -219,7 +225,7 @@ def markdown(spec: SweepSpec, summary: dict) -> str:
         for p in summary["paired"]:
             mean, ci, seeds = _row(p, signed=True)
             row = [*(p["values"][a] for a in ctx), p[c.axis], p["metric"], p["at"], str(p["n"]), mean, ci,
-                   _num(p["half"], _decimals(p["mean"])), seeds]
+                   _num(p["half"], _decimals(p["mean"], p["lo"], p["hi"])), seeds]
             lines.append("| " + " | ".join(row) + " |")
     if summary.get("plots"):
         lines += ["", f"Plots (mean over {seed or 'cells'} with a 95% band): {spec.out / 'plots'}"]

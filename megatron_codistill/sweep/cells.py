@@ -108,15 +108,20 @@ def record(spec: SweepSpec, cell: Cell, launcher: str, command: list[str], **ext
 
     A cell directory started with other overrides is refused: resuming it would mix two configs.
     """
+    check_record(cell)
     cell.dir.mkdir(parents=True, exist_ok=True)
-    path = cell.dir / RECORD
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("overrides") != cell.overrides and status(cell) != "new":
-            changed = sorted(set(old.get("overrides", [])) ^ set(cell.overrides))
-            raise ValueError(f"{cell.dir} was started with other overrides (differing: {changed}); resuming it "
-                             "would mix two configs: delete that cell directory or use another `out`")
     data = {"name": cell.name, "values": cell.values, "base": str(spec.base), "overrides": cell.overrides,
             "launcher": launcher, "command": command, **extra}
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    (cell.dir / RECORD).write_text(json.dumps(data, indent=1) + "\n")
     (cell.dir / "command.txt").write_text(shlex.join(command) + "\n")
+
+
+def check_record(cell: Cell) -> None:
+    """Refuse a started cell whose recorded overrides differ from the spec's (see `record`)."""
+    path = cell.dir / RECORD
+    if path.exists() and status(cell) != "new":
+        old = json.loads(path.read_text()).get("overrides", [])
+        if old != cell.overrides:
+            changed = sorted(set(old) ^ set(cell.overrides))
+            raise ValueError(f"{cell.dir} was started with other overrides (differing: {changed}); resuming it "
+                             "would mix two configs: delete that cell directory or use another `out`")

@@ -58,7 +58,7 @@ def run_sweep_cli(args) -> int:
         else:
             from megatron_codistill.sweep.local import run_local
 
-            failed = sum(o.result == "failed" for o in run_local(spec, todo))
+            failed = sum(o.result == "failed" for o in run_local(spec, chosen))  # shows the skipped ones too
     from megatron_codistill.sweep.aggregate import aggregate
 
     text, summary = aggregate(spec, cells)

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from megatron_codistill.log import get_logger
-from megatron_codistill.sweep.cells import Cell, local_command, record, status
+from megatron_codistill.sweep.cells import Cell, check_record, local_command, record, status
 from megatron_codistill.sweep.spec import SweepSpec
 
 log = get_logger(__name__)
@@ -87,6 +87,8 @@ def run_cell(spec: SweepSpec, cell: Cell, *, env: dict[str, str] | None = None) 
 def run_local(spec: SweepSpec, cells: list[Cell], *,
               env_for: Callable[[Cell], dict[str, str]] | None = None) -> list[Outcome]:
     """Run every unfinished cell of `cells` in order; `env_for(cell)` adds environment variables (tests)."""
+    for cell in cells:  # before any compute: no started cell may have changed its overrides
+        check_record(cell)
     outcomes = []
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None  # SIGTERM stops the cell cleanly too

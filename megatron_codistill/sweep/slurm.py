@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from megatron_codistill.log import get_logger
-from megatron_codistill.sweep.cells import Cell, record
+from megatron_codistill.sweep.cells import Cell, check_record, record
 from megatron_codistill.sweep.spec import SweepSpec
 
 log = get_logger(__name__)
@@ -106,6 +106,8 @@ def submit(spec: SweepSpec, cells: list[Cell], *, dry_run: bool = False, wait: b
         return sub
     if shutil.which("sbatch") is None:
         raise ValueError("sbatch not found: --slurm needs the SLURM client commands on this machine")
+    for cell in todo:
+        check_record(cell)
     task_dir.mkdir(parents=True)
     for i, cell in sub.tasks.items():
         (task_dir / f"task_{i}.args").write_text("".join(a + "\n" for a in sub.args[i]))

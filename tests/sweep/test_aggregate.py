@@ -9,13 +9,12 @@ import json
 import math
 
 import pytest
-from scipy import stats as sps
 
 from megatron_codistill.sweep.aggregate import aggregate, value_at
 from megatron_codistill.sweep.cells import expand
 from megatron_codistill.sweep.spec import load_spec
 from megatron_codistill.sweep.stats import estimate, t_quantile
-from tests.sweep.conftest import fake_run, write_spec
+from tests.sweep.conftest import decimals, fake_run, hand_ci, md_table, write_spec
 
 KEY = "eval/x/small_accuracy"
 # eval at steps 0, 2, 4 per (mode, seed); the sum of time/step over steps 1..4 is 4 * seed * 0.5
@@ -51,29 +50,7 @@ def sweep(tmp_path):
     return spec, cells
 
 
-def _ci(xs):
-    """mean, lower, upper of the 95% t-interval: by hand."""
-    n = len(xs)
-    m = sum(xs) / n
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-    half = sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return m, m - half, m + half
-
-
-def _table(text: str, first_col: str) -> list[dict]:
-    """Rows of the markdown table whose header starts with `first_col`."""
-    lines = text.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"| {first_col} |"))
-    head = [h.strip() for h in lines[start].strip("|").split("|")]
-    out = []
-    for ln in lines[start + 2:]:
-        if not ln.startswith("|"):
-            break
-        out.append(dict(zip(head, [c.strip() for c in ln.strip("|").split("|")])))
-    return out
-
-
-def test_t_quantile_matches_the_printed_table():
+def test_t_quantile_matches_the_printedmd_table():
     # Student's t, two-sided 95%: 12.706 (1 df), 4.303 (2), 3.182 (3), 2.262 (9), 1.960 (infinite)
     for df, t in ((1, 12.706), (2, 4.303), (3, 3.182), (9, 2.262), (10**7, 1.960)):
         assert t_quantile(0.975, df) == pytest.approx(t, abs=5e-4)
@@ -97,37 +74,38 @@ def test_table_and_json_match_the_cells_by_hand(sweep):
     assert text == (spec.out / "summary.md").read_text()
     assert json.loads((spec.out / "summary.json").read_text())["groups"] == summary["groups"]
     assert text.startswith("# Sweep hand: 7 of 8 cells finished")
-    rows = {(r["mode"], r["metric"], r["at"]): r for r in _table(text, "mode")}
+    rows = {(r["mode"], r["metric"], r["at"]): r for r in md_table(text, "mode")}
     finished = {m: [s for s in (1, 2, 3, 4) if (m, s) != ("b", 4)] for m in "ab"}
     points = {"first": lambda v: v[0], "last": lambda v: v[2], "last - first": lambda v: v[2] - v[0],
               "mean of last 2": lambda v: (v[1] + v[2]) / 2, "step 2": lambda v: v[1]}
     for mode, seeds in finished.items():
         for at, f in points.items():
             xs = [f(EVALS[(mode, s)]) for s in seeds]
-            m, lo, hi = _ci(xs)
+            m, lo, hi = hand_ci(xs)
             r = rows[(mode, KEY, at)]
             assert r["finished"] == f"{len(seeds)}/4" and r["n"] == str(len(seeds))
-            assert r["mean"] == f"{m:.3f}" and r["95% CI"] == f"[{lo:.3f}, {hi:.3f}]", (mode, at, r)
-            assert r["by seed"] == ", ".join(f"{s}: {x:.3f}" for s, x in zip(seeds, xs))
-        wall = [sum(WALL[(mode, s)]) for s in seeds]
-        m, lo, hi = _ci(wall)
-        r = rows[(mode, "wall time per cell (s)", "per cell")]
-        assert (r["n"], r["mean"], r["95% CI"]) == (str(len(seeds)), f"{m:.1f}", f"[{lo:.1f}, {hi:.1f}]")
-        rl = [4 * 0.5 * s for s in seeds]
-        m, lo, hi = _ci(rl)
-        assert rows[(mode, "RL time per cell (s)", "sum of time/step")]["mean"] == f"{m:.3f}"
+            d = decimals(m, lo, hi)
+            assert r["mean"] == f"{m:.{d}f}" and r["95% CI"] == f"[{lo:.{d}f}, {hi:.{d}f}]", (mode, at, r)
+            assert r["by seed"] == ", ".join(f"{s}: {x:.{d}f}" for s, x in zip(seeds, xs))
+        for metric, at, xs in (("wall time per cell (s)", "per cell", [sum(WALL[(mode, s)]) for s in seeds]),
+                               ("RL time per cell (s)", "sum of time/step", [4 * 0.5 * s for s in seeds])):
+            m, lo, hi = hand_ci(xs)
+            d = decimals(m, lo, hi)
+            r = rows[(mode, metric, at)]
+            assert (r["n"], r["mean"], r["95% CI"]) == (str(len(seeds)), f"{m:.{d}f}", f"[{lo:.{d}f}, {hi:.{d}f}]")
 
-    paired = {(r["mode"], r["at"]): r for r in _table(text[text.index("## Paired"):], "mode")}
+    paired = {(r["mode"], r["at"]): r for r in md_table(text[text.index("## Paired"):], "mode")}
     for at, f in points.items():
         d = [f(EVALS[("a", s)]) - f(EVALS[("b", s)]) for s in (1, 2, 3)]  # seed 4 has no finished pair
-        m, lo, hi = _ci(d)
+        m, lo, hi = hand_ci(d)
         r = paired[("a", at)]
-        assert r["n"] == "3" and r["mean difference"] == f"{m:+.3f}", (at, r)
-        assert r["95% CI"] == f"[{lo:+.3f}, {hi:+.3f}]" and r["half-width"] == f"{(hi - lo) / 2:.3f}"
-        assert r["by seed"] == ", ".join(f"{s}: {x:+.3f}" for s, x in zip((1, 2, 3), d))
+        k = decimals(m, lo, hi)
+        assert r["n"] == "3" and r["mean difference"] == f"{m:+.{k}f}", (at, r)
+        assert r["95% CI"] == f"[{lo:+.{k}f}, {hi:+.{k}f}]" and r["half-width"] == f"{(hi - lo) / 2:.{k}f}"
+        assert r["by seed"] == ", ".join(f"{s}: {x:+.{k}f}" for s, x in zip((1, 2, 3), d))
     # the JSON has the unrounded numbers
     (last,) = [p for p in summary["paired"] if p["at"] == "last"]
-    m, lo, hi = _ci([0.4 - 0.2, 0.5 - 0.2, 0.6 - 0.3])
+    m, lo, hi = hand_ci([0.4 - 0.2, 0.5 - 0.2, 0.6 - 0.3])
     assert (last["mean"], last["lo"], last["hi"]) == (pytest.approx(m), pytest.approx(lo), pytest.approx(hi))
     assert {c["name"]: c["status"] for c in summary["cells"]}["mode=b,seed=4"] == "partial"
 
@@ -140,7 +118,7 @@ def test_curves_are_means_over_seeds_per_step_and_plots_are_written(sweep):
     assert set(lines) == {"mode=a", "mode=b"}
     for mode, seeds in (("a", (1, 2, 3, 4)), ("b", (1, 2, 3))):
         for i, p in enumerate(lines[f"mode={mode}"]):
-            m, lo, hi = _ci([EVALS[(mode, s)][i] for s in seeds])
+            m, lo, hi = hand_ci([EVALS[(mode, s)][i] for s in seeds])
             assert (p["step"], p["n"]) == (2 * i, len(seeds))
             assert (p["mean"], p["lo"], p["hi"]) == (pytest.approx(m), pytest.approx(lo), pytest.approx(hi))
     (png,) = summary["plots"]
@@ -164,3 +142,11 @@ def test_default_metrics_are_the_held_out_accuracies(tmp_path):
     spec.metrics = ["eval/g/small_acuracy"]
     with pytest.raises(ValueError, match=r"metrics.keys: \['eval/g/small_acuracy'\] in no finished cell"):
         aggregate(spec, cells, plots=False)
+
+
+def test_decimals_follow_the_size_of_the_row():
+    from megatron_codistill.sweep.aggregate import _decimals
+
+    assert [_decimals(x) for x in (0.0, 0.5, 9.99, 10.0, 999.0, 1000.0, 0.005, 0.00012, 1e-12)] == [
+        3, 3, 3, 1, 1, 0, 5, 6, 8]
+    assert _decimals(0.0001, -0.3, 0.3) == 3 and _decimals(None, 12.0) == 1

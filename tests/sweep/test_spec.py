@@ -6,7 +6,7 @@ import pytest
 
 from megatron_codistill.sweep.cells import expand
 from megatron_codistill.sweep.spec import SpecError, load_spec
-from tests.sweep.conftest import write_spec
+from tests.sweep.conftest import REPO, write_spec
 
 MODES = {"codistill": ["algorithm.mode=codistill"], "opd": ["algorithm.mode=opd"]}
 
@@ -72,3 +72,16 @@ def test_relative_paths_follow_the_trainer_rule(tmp_path, monkeypatch):
     assert spec.base == tmp_path / "sub" / "base.yaml"  # ./ and ../: from the spec file
     assert spec.out == tmp_path / "runs" / "x"  # otherwise: from the working directory
     assert spec.name == "spec" and spec.at == ["first", "last"] and spec.metrics is None
+
+
+def test_the_readme_example_spec_is_valid(tmp_path):
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Studies"):].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "study.yaml").write_text(block)
+    spec = load_spec(tmp_path / "specs" / "study.yaml")
+    cells = expand(spec)
+    assert len(cells) == 2 * 2 * 5 and cells[0].name == "pair=s32,mode=codistill,seed=1"
+    assert spec.compare.baseline == "grpo_small" and spec.seed_axis == "seed"
+    assert spec.slurm.nproc_per_node == 8 and spec.at == ["first", "last", "change", "mean_last_3"]
