@@ -120,16 +120,20 @@ class Retrainer:
         heldout = self.accuracy(fresh)  # on rollouts it has never been trained on
         self.model.train()
         losses = []
-        for _ in range(c.epochs):
-            order = torch.randperm(len(data), generator=self.generator).tolist()
-            losses = []
-            for start in range(0, len(data), c.batch_size):
-                scores, labels = self._logits([data[i] for i in order[start : start + c.batch_size]])
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                losses.append(loss.item())
+        # dropout (HF classification heads default to 0.1) draws from a stream of the retrainer's own generator:
+        # the round is reproducible on resume and leaves the run's global RNG alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+            for _ in range(c.epochs):
+                order = torch.randperm(len(data), generator=self.generator).tolist()
+                losses = []
+                for start in range(0, len(data), c.batch_size):
+                    scores, labels = self._logits([data[i] for i in order[start : start + c.batch_size]])
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, labels)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    losses.append(loss.item())
         self.model.eval()
         _broadcast(self.model)
         self.old = (self.old + fresh)[-c.buffer_size :] if c.buffer_size > 0 else []
