@@ -145,6 +145,11 @@ class RolloutConfig:
     """What to do with a prompt over max_prompt_length."""
     max_batch_size: int = 64
     """Sequences sampled at once by the embedded engine."""
+    worker_process: bool = False
+    """Run the embedded engine in a rollout worker process of its own, so that generation overlaps
+    training (`scheduler.mode` overlap / async); false keeps it in the trainer process."""
+    worker_threads: int = 1
+    """Torch threads of the rollout worker process."""
     weight_sync: Literal["auto", "direct", "disk", "nccl"] = "auto"
     """How new weights reach the engine; auto = direct for embedded, disk for sglang."""
     bucket_mb: float = 512.0
@@ -426,6 +431,22 @@ class RunConfig:
 
 
 @dataclass
+class SchedulerConfig:
+    """What may run at the same time within and across RL steps (DESIGN §2, "Schedules of the step")."""
+
+    mode: Literal["sequential", "overlap", "async"] = "overlap"
+    """sequential: generate, reward, score, update small, update large, push weights, one after another.
+    overlap: the large update of step t runs while step t+1 is generated with the small model's new
+    weights; every input equals the sequential order's, so results are identical. async: generation also
+    runs ahead of the small update, on weights at most `max_staleness` versions old (off-policy)."""
+    max_staleness: int = 1
+    """async: how many weight versions a rollout may lag behind the small model it trains (k >= 0;
+    0 is the sequential order)."""
+    behaviour_weight_cap: float = 2.0
+    """async: cap of the small model's proximal/behaviour importance weight on stale rollouts."""
+
+
+@dataclass
 class Config:
     """Everything one `codistill train` run needs."""
 
@@ -449,6 +470,8 @@ class Config:
     """Metrics sinks."""
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Optional supervised warm start before RL."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """The order and overlap of the phases of RL steps."""
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -567,6 +590,10 @@ def validate(cfg: Config, world_size: int) -> None:
                "set large.checkpoint (HF or converted Megatron checkpoint) or warm_start.large_steps > 0")
     _check(bool(cfg.data.train) or (a.mode == "sft" and bool(a.sft.file)),
            "data.train is empty: give a jsonl/json/parquet file or a hub dataset name")
+    sc = cfg.scheduler
+    _check(sc.max_staleness >= 0, f"scheduler.max_staleness ({sc.max_staleness}) must be >= 0")
+    _check(sc.behaviour_weight_cap >= 1, f"scheduler.behaviour_weight_cap ({sc.behaviour_weight_cap}) must be >= 1")
+    _check(cfg.rollout.worker_threads >= 1, f"rollout.worker_threads ({cfg.rollout.worker_threads}) must be >= 1")
     _check_objectives(cfg)
     if cfg.rollout.engine == "sglang":
         s = cfg.rollout.sglang

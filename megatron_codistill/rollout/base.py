@@ -5,8 +5,9 @@ Legend: B prompts, G rollouts per prompt, T tokens.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,12 @@ class RolloutBatch:
     """G."""
     finish_reasons: list[str] = field(default_factory=list)
     """[B*G]."""
+    weight_versions: torch.Tensor | None = None
+    """[B*G] int64, the engine weight version each rollout was sampled with (None: all 0)."""
+
+    def __post_init__(self) -> None:
+        if self.weight_versions is None:
+            self.weight_versions = torch.zeros(self.tokens.shape[0], dtype=torch.long)
 
     @property
     def num_groups(self) -> int:
@@ -111,7 +118,33 @@ class RolloutBatch:
             response_lengths=torch.tensor([len(r.response_ids) for r in flat], dtype=torch.long),
             group_size=sizes.pop(),
             finish_reasons=[r.finish_reason for r in flat],
+            weight_versions=torch.tensor([r.weight_version for r in flat], dtype=torch.long),
         )
+
+
+class Pending:
+    """A generation started by `RolloutEngine.generate_async`; `result()` waits for its [B][n] rollouts.
+
+    Engines that cannot run in the background return one that is already done (the work happened in
+    the call), so a schedule written against `generate_async` is correct with any engine.
+    """
+
+    def __init__(self, wait: Callable[[], list[list[Rollout]]] | None = None,
+                 value: list[list[Rollout]] | None = None, interval: tuple[float, float] | None = None) -> None:
+        self._wait, self._value = wait, value
+        self.interval = interval
+        """(start, end) of the generation in `time.time()` seconds, where the engine reports it."""
+
+    def done(self) -> bool:
+        """True once the rollouts are here (result() will not block)."""
+        return self._wait is None
+
+    def result(self) -> list[list[Rollout]]:
+        """The rollouts (waits for them; raises what the generation raised)."""
+        if self._wait is not None:
+            wait, self._wait = self._wait, None
+            self._value = wait()
+        return self._value  # type: ignore[return-value]
 
 
 class RolloutEngine(ABC):
@@ -122,6 +155,15 @@ class RolloutEngine(ABC):
         self, prompts: list[list[int]], n: int, sampling: SamplingParams
     ) -> list[list[Rollout]]:
         """Sample `n` responses for each prompt. Returns [B][n] rollouts in prompt order."""
+
+    def generate_async(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> Pending:
+        """Start `generate` and return at once where the engine can work in the background (a worker
+        process, HTTP servers); the default runs it here and returns a finished `Pending`. The result
+        must equal what `generate` would return at the moment of the call: weight updates and RNG use
+        queued after this call do not affect it."""
+        start = time.time()
+        value = self.generate(prompts, n, sampling)
+        return Pending(value=value, interval=(start, time.time()))
 
     @abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:

@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from megatron_codistill.rollout.base import Rollout, RolloutEngine, SamplingParams
+from megatron_codistill.rollout.base import Pending, Rollout, RolloutEngine, SamplingParams
 from megatron_codistill.rollout.http_client import HttpClient, RolloutServerError, format_ranges
 from megatron_codistill.rollout.sglang_protocol import (
     FILTERED_LOGPROBS,
@@ -268,6 +268,18 @@ class SGLangEngine(RolloutEngine):
         Prompts are dealt to servers in turn and sent in chunks of `max_prompts_per_request`, all
         chunks at once. Any failed chunk fails the whole call, naming its server and prompts.
         """
+        return self._generate(prompts, n, sampling, self._version)
+
+    def generate_async(self, prompts: list[list[int]], n: int, sampling: SamplingParams) -> Pending:
+        """`generate` on a background thread (HTTP only: it calls no collective). The results must carry
+        the weight version served now; a weight update sent meanwhile waits on the servers' model lock."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sglang-generate")
+        future = pool.submit(self._generate, prompts, n, sampling, self._version)
+        pool.shutdown(wait=False)
+        return Pending(wait=future.result)
+
+    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams,
+                  version: int) -> list[list[Rollout]]:
         if n < 1:
             raise ValueError(f"n ({n}) must be >= 1")
         for i, p in enumerate(prompts):
@@ -291,7 +303,7 @@ class SGLangEngine(RolloutEngine):
             body = merge_bodies(bodies)
             response = self.client.call(url, "/generate", body, what="generate", prompt_indices=indices)
             try:
-                rollouts = parse_generate_response(response, rows, use_mask, self._version)
+                rollouts = parse_generate_response(response, rows, use_mask, version)
             except ValueError as e:
                 raise RolloutServerError(
                     f"rollout server {url} (/generate) returned a malformed result for the batch of prompts "
@@ -299,7 +311,7 @@ class SGLangEngine(RolloutEngine):
                     url,
                     indices,
                 ) from None
-            self._check_versions(url, indices, response)
+            self._check_versions(url, indices, response, version)
             return rollouts
 
         results: dict[int, Rollout] = {}
@@ -322,14 +334,14 @@ class SGLangEngine(RolloutEngine):
             )
         return [[results[b * n + g] for g in range(n)] for b in range(len(prompts))]
 
-    def _check_versions(self, url: str, indices: list[int], response: list) -> None:
+    def _check_versions(self, url: str, indices: list[int], response: list, version: int) -> None:
         if not (self.check_weight_version and self._updated):
             return
         seen = {str(item.get("meta_info", {}).get("weight_version")) for item in response}
-        if seen != {str(self._version)}:
+        if seen != {str(version)}:
             raise RolloutServerError(
                 f"rollout server {url} served the batch of prompts {format_ranges(indices)} with weight version(s) "
-                f"{sorted(seen)}, expected {self._version}",
+                f"{sorted(seen)}, expected {version}",
                 url,
                 indices,
             )

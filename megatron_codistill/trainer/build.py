@@ -39,6 +39,8 @@ class Run:
     checkpoints: CheckpointManager
     pad_id: int
     engine_version: int = 0
+    scheduler: object = None
+    """trainer.scheduler.Scheduler of RL modes (None in sft mode)."""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -113,4 +115,8 @@ def build_run(cfg: Config, *, sft: bool = False) -> Run:
               checkpoints=CheckpointManager(cfg.run.dir, rank=rank, world_size=world,
                                             keep_last=cfg.checkpoint.keep_last, layout=job_layout(cfg, world)))
     run.extra["config"] = to_dict(cfg)
+    if mode is not None:
+        from megatron_codistill.trainer.scheduler import Scheduler
+
+        run.scheduler = Scheduler(run)
     return run

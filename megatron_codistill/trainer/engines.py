@@ -19,22 +19,26 @@ from megatron_codistill.rollout import weight_sync as ws
 from megatron_codistill.rollout.base import RolloutEngine
 
 
-def embedded_engine(policy, r: RolloutConfig, *, pad_id: int, seed: int) -> RolloutEngine:
-    """An in-process engine of `policy`'s architecture (random weights until its first sync)."""
+def embedded_engine(policy, r: RolloutConfig, *, pad_id: int, seed: int, worker: bool = False) -> RolloutEngine:
+    """An embedded engine of `policy`'s architecture (random weights until its first sync): in this
+    process, or with `worker` in a rollout worker process of its own (`rollout.worker_threads` threads)."""
+    kwargs = dict(dtype=policy.cfg.dtype, pad_token_id=pad_id, max_batch_size=r.max_batch_size,
+                  max_context=policy.arch.max_position_embeddings, prompt_overflow=r.prompt_overflow, seed=seed)
+    if worker:
+        from megatron_codistill.rollout.worker import WorkerEngine
+
+        return WorkerEngine(policy.arch.to_hf_config(), threads=r.worker_threads, **kwargs)
     from megatron_codistill.rollout.embedded import EmbeddedEngine
 
-    return EmbeddedEngine.from_config(
-        policy.arch.to_hf_config(), dtype=policy.cfg.dtype, pad_token_id=pad_id,
-        max_batch_size=r.max_batch_size, max_context=policy.arch.max_position_embeddings,
-        prompt_overflow=r.prompt_overflow, seed=seed,
-    )
+    return EmbeddedEngine.from_config(policy.arch.to_hf_config(), **kwargs)
 
 
 def build_engine(cfg: Config, policy, *, rank: int, pad_id: int) -> RolloutEngine:
     """The engine for `policy`'s architecture, holding `policy`'s current weights."""
     r = cfg.rollout
     if r.engine == "embedded":
-        engine = embedded_engine(policy, r, pad_id=pad_id, seed=cfg.run.seed * 1000 + rank)
+        engine = embedded_engine(policy, r, pad_id=pad_id, seed=cfg.run.seed * 1000 + rank,
+                                 worker=r.worker_process)
     else:
         from megatron_codistill.rollout.sglang import SGLangEngine
 

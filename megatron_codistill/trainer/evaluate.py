@@ -7,6 +7,8 @@ embedded engine that receives its weights by the same export path (embedded runs
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 
@@ -32,15 +34,19 @@ def _engine_for(run, name: str):
     return engine
 
 
-def evaluate(run) -> dict[str, float]:
-    """{"eval/<set>/<model>_accuracy" (greedy), "..._sampled_accuracy"}: fraction correct per set/model."""
+def evaluate(run, step: int) -> dict[str, float]:
+    """{"eval/<set>/<model>_accuracy" (greedy), "..._sampled_accuracy"}: fraction correct per set/model.
+
+    Sampled evaluation draws from its own seed (per run seed, step and rank), never from the engine's
+    training generator: evaluating changes no later rollout, whatever the schedule."""
     r = run.cfg.run
     kinds = {}
     if r.eval_greedy:
         kinds["accuracy"] = SamplingParams(temperature=0.0, max_new_tokens=run.sampling.max_new_tokens,
                                            stop_token_ids=run.sampling.stop_token_ids)
     if r.eval_sampled:
-        kinds["sampled_accuracy"] = run.sampling
+        kinds["sampled_accuracy"] = dataclasses.replace(run.sampling,
+                                                        seed=(r.seed * 100_003 + step) * 1009 + run.rank)
     metrics: dict[str, float] = {}
     for eval_set in run.cfg.data.eval:
         problems = run.prompts.eval_problems(eval_set)

@@ -53,6 +53,7 @@ def gather_batch(local: RolloutBatch, pad_id: int, group=None) -> RolloutBatch:
         response_lengths=all_gather_rows(local.response_lengths, group),
         group_size=local.group_size,
         finish_reasons=[r for rs in reasons for r in rs],
+        weight_versions=all_gather_rows(local.weight_versions, group),
     )
 
 
@@ -77,4 +78,5 @@ def take_rows(batch: RolloutBatch, rows: slice) -> RolloutBatch:
         response_lengths=batch.response_lengths[rows],
         group_size=batch.group_size,
         finish_reasons=batch.finish_reasons[rows],
+        weight_versions=batch.weight_versions[rows],
     )

@@ -19,22 +19,35 @@ log = get_logger(__name__)
 
 
 class PhaseTimer:
-    """Accumulates wall time per phase: `with timer("generate"): ...` -> {"time/generate": s}."""
+    """Wall time per phase: `with timer("generate"): ...` -> {"time/generate": s}, plus when each phase
+    ran, relative to the timer's creation (the step's start): "timeline/<phase>/start" and ".../end" in
+    seconds (a phase entered twice spans both). `span` adds an interval measured elsewhere (a
+    generation in a worker process, possibly begun during the previous step: a negative start)."""
 
     def __init__(self) -> None:
+        self.origin = time.time()
         self.seconds: dict[str, float] = defaultdict(float)
+        self.spans: dict[str, tuple[float, float]] = {}
 
     @contextmanager
     def __call__(self, phase: str):
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         try:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - start
+            self.span(phase, wall, time.time())
+
+    def span(self, phase: str, start: float, end: float) -> None:
+        """Record that `phase` ran from `start` to `end` (time.time() seconds)."""
+        old = self.spans.get(phase)
+        self.spans[phase] = (min(start, old[0]), max(end, old[1])) if old else (start, end)
 
     def metrics(self) -> dict[str, float]:
         out = {f"time/{k}": v for k, v in self.seconds.items()}
-        out["time/step"] = sum(self.seconds.values())
+        out["time/step"] = time.time() - self.origin
+        for phase, (start, end) in self.spans.items():
+            out[f"timeline/{phase}/start"], out[f"timeline/{phase}/end"] = start - self.origin, end - self.origin
         return out
 
 

@@ -19,7 +19,6 @@ import torch
 import torch.distributed as dist
 
 from megatron_codistill import algo
-from megatron_codistill.algo.masked import masked_mean
 from megatron_codistill.config import AlgorithmConfig
 
 # policy_loss metrics that add up over rows (with the global denominator); the others are token means.
@@ -58,10 +57,6 @@ class Scored:
     teacher_logp: torch.Tensor | None = None
     behaviour_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
-    step_rewards: torch.Tensor | None = None
-    """Process supervision: the reward of each step on its last token (task_reward.StepRewards)."""
-    step_mask: torch.Tensor | None = None
-    """Process supervision: 1 on each step's last token."""
 
 
 @dataclass
@@ -96,14 +91,11 @@ def small_inputs(a: AlgorithmConfig, s: Scored, *, task_weight: float = 1.0,
                  kd_alpha: float | None = None) -> LossInputs:
     """CoDistill / KD-GRPO / OPD on the small model (kd_alpha 0 with no teacher = plain GRPO)."""
     teacher = s.teacher_logp if s.teacher_logp is not None else s.old_logp
-    process = s.step_rewards is not None
     surrogate = algo.small_model_advantages(
-        s.old_logp, teacher, (0.0 if process else task_weight) * s.task_rewards, s.mask, group_size=a.group_size,
+        s.old_logp, teacher, task_weight * s.task_rewards, s.mask, group_size=a.group_size,
         alpha=a.kd_alpha if kd_alpha is None else kd_alpha, kappa=a.kd_kappa, kd_reduction=a.kd_reduction,
         token_alpha=a.kd_token_alpha if s.teacher_logp is not None else 0.0, scale_by_std=a.advantage_std,
     )
-    if process:  # the whitened KD reward (alone: the task reward is 0 above) plus the step advantages
-        surrogate = with_process_advantages(a, s, surrogate, weight=task_weight, add=True)
     return LossInputs(s.old_logp, surrogate, s.ref_logp)
 
 
@@ -113,40 +105,35 @@ def large_inputs(a: AlgorithmConfig, s: Scored) -> LossInputs:
         s.old_logp, s.behaviour_logp, s.task_rewards, s.mask, group_size=a.group_size, scheme=a.is_weight,
         cap=a.is_cap, seq_cap=a.is_seq_cap, scale_by_std=a.advantage_std,
     )
-    if s.step_rewards is not None:
-        surrogate = with_process_advantages(a, s, surrogate)
     return LossInputs(s.old_logp, surrogate, s.ref_logp)
 
 
 def grpo_inputs(a: AlgorithmConfig, s: Scored) -> LossInputs:
     """Plain GRPO of a model on its own rollouts."""
     surrogate = algo.grpo_advantages(s.task_rewards, s.mask, group_size=a.group_size, scale_by_std=a.advantage_std)
-    if s.step_rewards is not None:
-        surrogate = with_process_advantages(a, s, surrogate)
     return LossInputs(s.old_logp, surrogate, s.ref_logp)
 
 
-def with_process_advantages(a: AlgorithmConfig, s: Scored, surrogate: algo.SurrogateInputs, *, weight: float = 1.0,
-                            add: bool = False) -> algo.SurrogateInputs:
-    """Process supervision (`algorithm.supervision: process`): the step advantages
-    A_it = sum over steps ending at or after t of the group-normalised step rewards
-    (`algo.process_supervision_advantages` of weight * step_rewards) replace the outcome advantages of
-    `surrogate` (add=True: are added to them, the small model's whitened KD reward). The kept-token mask and
-    importance weights stay. Metrics ps/adv_abs_mean, adv/abs_mean of the result; the outcome reward/* stay
-    for monitoring."""
-    step_mask = s.step_mask * (s.mask > 0).to(s.step_mask.dtype)  # steps of rows dynamic sampling dropped go too
-    ps = algo.process_supervision_advantages(weight * s.step_rewards, step_mask, s.mask, a.group_size,
-                                             scale_by_std=a.advantage_std)
-    adv = ps
-    if add:
-        base = surrogate.advantages
-        adv = ps + (base[:, None] if base.dim() == 1 else base) * (s.mask > 0).to(ps.dtype)
-    with torch.no_grad():
-        metrics = {**surrogate.metrics, "ps/adv_abs_mean": masked_mean(ps.abs(), s.mask),
-                   "adv/abs_mean": masked_mean(adv.abs(), s.mask)}
-        if add:  # the KD-only surrogate above saw a zero task reward
-            metrics["reward/task_mean"] = (weight * s.task_rewards).float().mean()
-    return algo.SurrogateInputs(adv, surrogate.mask, surrogate.weights, metrics)
+def behaviour_weighted(inputs: LossInputs, behaviour_logp: torch.Tensor, stale: torch.Tensor,
+                       cap: float) -> LossInputs:
+    """The decoupled objective on stale rollouts (scheduler.mode async): the surrogate keeps clipping
+    around the trainer's recomputed (proximal) log-probs `inputs.old_logp`, and each token of a stale row
+    is weighted by min(pi_prox / mu, cap), mu the behaviour policy that sampled it.
+
+    stale: [n] bool, rows sampled with older weights than the model's current ones. Rows sampled with
+    the current weights are on-policy (pi_prox = mu by construction: the difference measured between
+    engine and trainer is numerics, reported as rollout/logprob_diff) and keep weight 1, so a run with no
+    stale row computes exactly the sequential objective. Metrics: async/weight_mean, async/truncated_frac,
+    async/ess over the stale rows.
+    """
+    s = inputs.surrogate
+    stale_mask = s.mask * stale[:, None].to(s.mask.dtype)
+    iw = algo.importance_weights(inputs.old_logp, behaviour_logp, stale_mask, scheme="token_tis", cap=cap)
+    w = torch.where(stale[:, None], iw.weights, torch.ones_like(iw.weights))
+    weights = w if s.weights is None else s.weights * w
+    metrics = {**s.metrics, **{f"async/{k.removeprefix('is/')}": v for k, v in iw.metrics.items()
+                               if k in ("is/weight_mean", "is/truncated_frac", "is/ess")}}
+    return LossInputs(inputs.old_logp, algo.SurrogateInputs(s.advantages, s.mask, weights, metrics), inputs.ref_logp)
 
 
 def surrogate_loss_fn(inputs: LossInputs, opts: algo.PolicyLossOptions, denominator):

@@ -1,36 +1,70 @@
-"""One RL step, in the order of DESIGN §2:
+"""The phases of one RL step (DESIGN §2); `trainer.scheduler` states their order.
 
-sample prompts -> the generator model writes G rollouts each -> task rewards -> both models score
-the rollouts at their pre-update weights (shared by both updates) -> small update -> large update ->
-the generator's new weights go to the rollout engine.
+launch (draw prompts, start G) -> collect (wait for the rollouts, task rewards R, PODS, gather the
+global batch) -> score (both models' log-probs at their pre-update weights, shared by both updates)
+-> update (small, large) -> the generator's new weights go to the rollout engine (`Run.sync_weights`).
 
 Legend: N = prompts_per_step * G rollouts in the global batch, n a replica's slice, T tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from megatron_codistill import algo
-from megatron_codistill.rollout.base import RolloutBatch
+from megatron_codistill.faults import fault_point
+from megatron_codistill.rollout.base import Pending, RolloutBatch
 from megatron_codistill.trainer import objectives as obj
 from megatron_codistill.trainer.exchange import all_gather_rows, gather_batch, row_slice, take_rows
 from megatron_codistill.trainer.metrics import PhaseTimer
+from megatron_codistill.trainer.prompts import Problem
 
 
-def rl_step(run, step: int) -> dict[str, float]:
-    """One step of `run` (a trainer.build.Run); returns the step's metrics (same on every rank)."""
-    a, timer = run.cfg.algorithm, PhaseTimer()
+@dataclass
+class InFlight:
+    """The generation of one step's rollouts (this rank's prompts), started and not yet collected."""
+
+    step: int
+    problems: list[Problem]
+    pending: Pending
+    n: int
+    """Rollouts per prompt (pods_n when PODS down-samples, else G)."""
+
+
+def launch(run, step: int) -> InFlight:
+    """Draw step `step`'s prompts and start their generation with the engine's current weights (G)."""
+    problems = run.prompts.next_batch()
+    n = run.cfg.algorithm.pods_n or run.cfg.algorithm.group_size
+    fault_point("step.launch")
+    return InFlight(step, problems, run.engine.generate_async([p.prompt_ids for p in problems], n, run.sampling), n)
+
+
+@dataclass
+class Collected:
+    """One step's global batch after the reward (R) and the exchange, the same on every rank."""
+
+    batch: RolloutBatch
+    correct: torch.Tensor
+    """[N] task reward of each rollout."""
+    task: torch.Tensor
+    """[N] task reward after the options that shape it (over-length penalty)."""
+
+
+def collect(run, flight: InFlight, timer: PhaseTimer) -> Collected:
+    """Wait for `flight`'s rollouts, reward them, apply PODS, gather the global batch."""
+    a = run.cfg.algorithm
     with timer("generate"):
-        problems = run.prompts.next_batch()
-        n = a.pods_n or a.group_size
-        groups = run.engine.generate([p.prompt_ids for p in problems], n, run.sampling)
+        groups = flight.pending.result()
+    if flight.pending.interval is not None:
+        timer.span("engine_generate", *flight.pending.interval)
     with timer("reward"):
         flat = [r for g in groups for r in g]
-        refs = [p.reference for p in problems for _ in range(n)]
+        refs = [p.reference for p in flight.problems for _ in range(flight.n)]
         rewards = torch.tensor(run.reward([run.decode(r.response_ids) for r in flat], refs))
         if a.pods_n:  # PODS: keep the G rollouts of largest task-reward variance per prompt
-            keep = algo.max_variance_subset(rewards, n, a.group_size).tolist()
+            keep = algo.max_variance_subset(rewards, flight.n, a.group_size).tolist()
             kept = [flat[i] for i in keep]
             groups = [kept[i : i + a.group_size] for i in range(0, len(kept), a.group_size)]
             rewards = rewards[keep]
@@ -38,22 +72,7 @@ def rl_step(run, step: int) -> dict[str, float]:
     with timer("exchange"):
         batch = gather_batch(local, run.pad_id)
         correct = all_gather_rows(rewards)
-    metrics = rollout_metrics(batch, correct, run.mode.generator)
-    task = shape_task_rewards(run, batch, correct)
-    with timer("score"):
-        scores = score(run, batch)
-    if run.mode.train_small:
-        with timer("update_small"):
-            metrics.update(update(run, "small", batch, task, scores))
-    if run.mode.train_large:
-        with timer("update_large"):
-            metrics.update(update(run, "large", batch, task, scores))
-    with timer("sync"):
-        metrics.update(run.sync_weights(step))
-    metrics.update(scores.pop("metrics"))
-    metrics.update(timer.metrics())
-    metrics["perf/tokens_per_s"] = float(batch.response_lengths.sum()) / max(metrics["time/step"], 1e-9)
-    return metrics
+    return Collected(batch, correct, shape_task_rewards(run, batch, correct))
 
 
 def rollout_metrics(batch: RolloutBatch, correct: torch.Tensor, who: str) -> dict[str, float]:
@@ -117,10 +136,15 @@ def _gather(lp: torch.Tensor, policy, batch: RolloutBatch) -> torch.Tensor:
     return all_gather_rows(lp, policy.layout.dp_group) if policy.layout.dp > 1 else lp
 
 
-def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict) -> dict[str, float]:
+def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict,
+           staleness: torch.Tensor | None = None) -> dict[str, float]:
     """epochs_per_step x mini_batches optimizer steps of model `name` on its replica's slice;
     returns the metrics of the last one. Advantages and importance weights are computed once over the
-    slice's whole groups; micro-batches may then take any rows (micro_batch_size or micro_batch_tokens)."""
+    slice's whole groups; micro-batches may then take any rows (micro_batch_size or micro_batch_tokens).
+
+    staleness: [N] weight versions each rollout lags behind the generator (async schedules): the
+    generator's stale rows get the decoupled objective's behaviour weights (objectives.behaviour_weighted);
+    the large model in codistill corrects for mu with its own importance weights in any case."""
     a, policy = run.cfg.algorithm, run.policies[name]
     rows = row_slice(batch.tokens.shape[0], batch.group_size, policy.layout.dp_rank, policy.layout.dp)
     part = take_rows(batch, rows)
@@ -138,6 +162,9 @@ def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict
     else:
         s.behaviour_logp = part.behaviour_logprobs[:, :T1]
         inputs = obj.large_inputs(a, s)
+    if name == run.mode.generator and staleness is not None and bool((staleness > 0).any()):
+        inputs = obj.behaviour_weighted(inputs, part.behaviour_logprobs[:, :T1], staleness[rows] > 0,
+                                        run.cfg.scheduler.behaviour_weight_cap)
     lengths = part.prompt_lengths + part.response_lengths
     metrics: dict[str, float] = {}
     n_rows, mb = part.tokens.shape[0], part.tokens.shape[0] // a.mini_batches

@@ -3,6 +3,7 @@ score, update, sync; evaluate, log, save; at the end a summary table and plots."
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from megatron_codistill.trainer.evaluate import evaluate
 from megatron_codistill.trainer.export import export_step, has_export
 from megatron_codistill.trainer.metrics import MetricsLogger
 from megatron_codistill.trainer.report import write_summary
-from megatron_codistill.trainer.step import rl_step
 from megatron_codistill.trainer.warm_start import plan, warm_start
 
 log = get_logger(__name__)
@@ -69,7 +69,7 @@ def train(run: Run, *, resume: bool = False, stop: StopFlag | None = None) -> No
                            tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                            wandb_run_name=cfg.logging.wandb_run_name, progress=cfg.logging.progress,
                            config=run.extra["config"])
-    step_fn = supervised.sft_step if run.mode is None else rl_step
+    step_fn = run.scheduler.step if run.scheduler is not None else functools.partial(supervised.sft_step, run)
     try:
         if start.warm is not None and not step_zero(run, start.warm, stop, logger):
             log.info("preempted during the warm start: progress checkpointed, exiting")
@@ -77,10 +77,10 @@ def train(run: Run, *, resume: bool = False, stop: StopFlag | None = None) -> No
         step, preempted = start.step, False
         while step < cfg.run.steps and not preempted:
             step += 1
-            metrics = step_fn(run, step)
+            metrics = step_fn(step)
             check_finite(metrics, step)
             if cfg.run.eval_every and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
-                metrics.update(evaluate(run))
+                metrics.update(evaluate(run, step))
             logger.log(step, metrics)
             preempted = stop.agreed()
             every = cfg.checkpoint.every
@@ -120,7 +120,7 @@ def step_zero(run: Run, progress: dict[str, int], stop: StopFlag, logger: Metric
     if plan(run):
         run.sync_weights(0)
     if run.cfg.run.eval_every:
-        logger.log(0, evaluate(run))
+        logger.log(0, evaluate(run, 0))
     if plan(run):
         save(run, 0)
     return True
@@ -136,9 +136,13 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
 
 def save(run: Run, step: int, *, warm: dict[str, int] | None = None) -> None:
     """Checkpoint after RL step `step` (or inside the warm start, with its progress); HF export after."""
+    # the prompt cursor and engine RNG as the next step must see them (the scheduler's: a generation
+    # may already be running), and any finished in-flight rollouts
+    flow = run.scheduler.state_dict() if run.scheduler is not None else {
+        "prompts": run.prompts.state_dict(), "engine_rng": run.engine.rng_state(), "in_flight": []}
     rank_state = {"policies": {k: p.state_dict() for k, p in run.policies.items()}, "rng": rng_state(),
-                  "engine_rng": run.engine.rng_state(), "layouts": run.layout_coordinates()}
-    shared = {"step": step, "warm_start": warm, "prompts": run.prompts.state_dict(),
+                  "flow": flow, "layouts": run.layout_coordinates()}
+    shared = {"step": step, "warm_start": warm, "prompts": flow["prompts"],
               "engine_version": run.engine_version, "mode": run.cfg.algorithm.mode}
     name = warmup_dir_name(sum(warm.values())) if warm is not None else step_dir_name(step)
     path = run.checkpoints.save(name, rank_state, shared)
@@ -162,9 +166,12 @@ def restore(run: Run) -> Start | None:
     for name, policy in run.policies.items():
         policy.load_state_dict(state["policies"][name])
     set_rng_state(state["rng"])
-    run.prompts.load_state_dict(shared["prompts"])
     run.sync_weights(shared["engine_version"])
-    run.engine.set_rng_state(state.get("engine_rng", {}))
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(state["flow"])
+    else:
+        run.prompts.load_state_dict(state["flow"]["prompts"])
+        run.engine.set_rng_state(state["flow"]["engine_rng"])
     warm = shared.get("warm_start")
     where = f"warm start {warm}" if warm is not None else f"step {shared['step']}"
     log.info("resumed from %s (%s)", loaded.path, where)

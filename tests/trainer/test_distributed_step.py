@@ -38,7 +38,7 @@ def _worker(run_dir: str):
         return seen["task"]
 
     step_mod.gather_batch, step_mod.shape_task_rewards = keep_batch, keep_task
-    metrics = step_mod.rl_step(run, 1)
+    metrics = run.scheduler.step(1)
     return {"batch": seen["batch"], "task": seen["task"], "weights": weights, "metrics": metrics,
             "arch": {k: p.arch for k, p in run.policies.items()}}
 

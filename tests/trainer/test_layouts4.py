@@ -70,7 +70,7 @@ def _step(run_dir: str, overrides: list[str], inject: dict | None = None):
 
     step_mod.gather_batch, step_mod.shape_task_rewards = keep_batch, keep_task
     try:
-        seen["metrics"] = step_mod.rl_step(run, 1)
+        seen["metrics"] = run.scheduler.step(1)
     finally:
         step_mod.gather_batch, step_mod.shape_task_rewards = gather, shape
     seen["delta"] = {k: {n: w - before[k][n] for n, w in _full_weights(p).items()} for k, p in run.policies.items()}

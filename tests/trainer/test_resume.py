@@ -10,7 +10,7 @@ import time
 
 from tests.trainer.conftest import FAST, TINY
 
-TIMING = ("time/", "perf/", "rollout/sync_seconds", "rollout/sync_mb_per_s")  # wall-clock measurements
+TIMING = ("time/", "timeline/", "perf/", "rollout/sync_seconds", "rollout/sync_mb_per_s")  # wall-clock measurements
 # a fresh job: no rendezvous variables inherited from in-process runs of other tests
 ENV = {k: v for k, v in os.environ.items()
        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
