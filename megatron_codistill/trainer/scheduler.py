@@ -6,7 +6,10 @@ G_{t+1} needs P_t (after U^S_t); S^L_{t+1} needs U^L_t; both updates need S_t.
 
     sequential  G_t  R_t  S_t  U^S_t  U^L_t  P_t
     overlap     (G_t started in step t-1)  R_t  S_t  U^S_t  P_t  start G_{t+1}  U^L_t
-    async       start G_{t+1..t+k} (weights of version t-1)  R_t  S_t  U^S_t  U^L_t  P_t
+    async       start G_{t..t+k} (weights of version t-1)  R_t  S_t  U^S_t  U^L_t  P_t
+
+(written for codistill, where the small model generates; in general the generator's update comes
+first and P_t follows it, so grpo on the large model overlaps nothing: its only update feeds G_{t+1}.)
 
 overlap is exact: G_{t+1} sees the same prompts, weights (those after U^S_t) and engine RNG as in
 the sequential order, so every metric, weight and checkpoint is the same; with an engine that works
@@ -51,17 +54,15 @@ class Scheduler:
         metrics = {**rollout_metrics(batch, got.correct, run.mode.generator), **staleness_metrics(staleness)}
         with timer("score"):
             scores = score(run, batch)
-        if run.mode.train_small:
-            with timer("update_small"):
-                metrics.update(update(run, "small", batch, got.task, scores, staleness))
+        # the generator's update first (U^S in every mode but grpo on the large model), then the other's
+        generator, other = run.mode.generator, "large" if run.mode.generator == "small" else "small"
+        self._update(generator, got, scores, staleness, timer, metrics)
         overlap = self.mode == "overlap" and t < run.cfg.run.steps
-        if overlap:  # P_t, then G_{t+1} runs while the large model updates
+        if overlap:  # P_t, then G_{t+1} runs while the other model updates
             with timer("sync"):
                 metrics.update(run.sync_weights(t))
             self._launch_through(t + 1, t + 1)
-        if run.mode.train_large:
-            with timer("update_large"):
-                metrics.update(update(run, "large", batch, got.task, scores, staleness))
+        self._update(other, got, scores, staleness, timer, metrics)
         if not overlap:
             with timer("sync"):
                 metrics.update(run.sync_weights(t))
@@ -69,6 +70,12 @@ class Scheduler:
         metrics.update(timer.metrics())
         metrics["perf/tokens_per_s"] = float(batch.response_lengths.sum()) / max(metrics["time/step"], 1e-9)
         return metrics
+
+    def _update(self, name: str, got, scores: dict, staleness, timer: PhaseTimer, metrics: dict) -> None:
+        """U^S or U^L, if the mode trains that model."""
+        if getattr(self.run.mode, f"train_{name}"):
+            with timer(f"update_{name}"):
+                metrics.update(update(self.run, name, got.batch, got.task, scores, staleness))
 
     def _launch_through(self, t: int, last: int) -> None:
         """Start the generations of steps t..last that are not started yet (in step order)."""

@@ -6,6 +6,7 @@ and 2 ranks and across a resume; `async` keeps its staleness bound, also after a
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,17 @@ def test_async_keeps_its_staleness_bound_across_a_resume(tmp_path):
     cli_train(tmp_path / "resumed", "scheduler.mode=async", f"scheduler.max_staleness={k}", "checkpoint.every=0",
               "--resume")
     assert rows(tmp_path / "resumed")[1:] == full
+
+
+@pytest.mark.parametrize("mode", [["algorithm.mode=codistill"], ["algorithm.mode=grpo", "algorithm.grpo_model=large"],
+                                  ["algorithm.mode=grpo", "algorithm.grpo_model=small"]])
+def test_every_step_samples_with_the_generators_current_weights(mode, tiny_overrides):
+    """With updates from step 1 (no warmup), a rollout sampled by stale weights would differ from the
+    trainer's log-probs by far more than numerics: the engine must hold the weights after the
+    generator's last update whenever a generation starts (overlap pushes only after that update)."""
+    lr = [f"{m}.optimizer.{k}={v}" for m in ("small", "large") for k, v in (("lr", 3e-3), ("warmup_steps", 0))]
+    varied = ["reward.kind=plugin", "reward.plugin=tests.trainer.test_distributed_step:parity_reward"]
+    train_main(str(TINY), [*tiny_overrides, "run.steps=3", "scheduler.mode=overlap", *lr, *mode, *varied])
+    steps = rows(Path(tiny_overrides[0].removeprefix("run.dir=")))[1:]
+    assert all(r["rollout/logprob_diff_max"] < 1e-4 and r["rollout/staleness_max"] == 0 for r in steps)
+    assert all(r.get("small/grad_norm", 0) + r.get("large/grad_norm", 0) > 0 for r in steps)
