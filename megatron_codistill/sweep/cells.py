@@ -3,7 +3,8 @@
 A cell is finished when its trainer wrote everything a complete run writes, in this order: the metrics
 row of step `run.steps`, the final checkpoint `checkpoints/step_<run.steps>/COMPLETE`, and (when the run
 evaluated) `summary.md`. Anything less is `partial` and continues from its newest checkpoint with
-`--resume`; raising `run.steps` in the spec makes finished cells partial again (they continue).
+`--resume`. A started cell whose overrides the spec changed is refused (`check_record`): resuming it would
+mix two configs (even a longer `run.steps` changes the learning-rate schedule of the steps already run).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """`codistill sweep --slurm` on a real (single-node, local) SLURM cluster: the same 2 x 2 grid of 2-step runs.
 
-The two grpo_small cells run here first; `--slurm` then submits the two unfinished cells as one 2-task job
-array through slurm/codistill.sbatch (`--args-file .../task_%a.args`). The array is submitted held
-(`sbatch --hold` from the spec), so a second `--slurm` deterministically finds both tasks queued and submits
-nothing; released, both tasks complete, and the aggregate over all four cells is checked by hand.
+1. `--slurm --wait --cells 'mode=grpo_small,*'`: two cells as one 2-task job array through
+   slurm/codistill.sbatch (`--args-file .../task_%a.args`); the command returns when both have finished.
+2. `--slurm` again submits only the two unfinished cells, as another 2-task array. It is submitted held
+   (`sbatch --hold` from the spec), so a third `--slurm` deterministically finds both tasks queued and
+   submits nothing; released, both complete, and the aggregate of all four cells is checked by hand.
 """
 
 from __future__ import annotations
@@ -73,17 +74,23 @@ def _outputs(task_dir) -> str:
 def test_unfinished_cells_run_as_a_job_array(tmp_path, slurm_conf, monkeypatch, capsys):
     monkeypatch.setenv("SLURM_CONF", slurm_conf)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    spec_path = tiny_grid(tmp_path, slurm={"cpus_per_task": 1, "sbatch_args": ["--mem=2G", "--hold"]})
+    slurm = {"cpus_per_task": 1, "sbatch_args": ["--mem=2G"]}
+    spec_path = tiny_grid(tmp_path, slurm=slurm)
     spec = load_spec(spec_path)
     cells = {c.name: c for c in expand(spec)}
-    assert main(["sweep", str(spec_path), "--cells", "mode=grpo_small,*"]) == 0
+    assert main(["sweep", str(spec_path), "--slurm", "--wait", "--cells", "mode=grpo_small,*"]) == 0
+    (first,) = jsonl(spec.out / "slurm" / SUBMISSIONS)
+    assert first["tasks"] == {"0": "mode=grpo_small,seed=1", "1": "mode=grpo_small,seed=2"}, first
+    assert "--wait" in first["command"] and "--array=0-1" in first["command"]
+    assert _tasks(first["job_id"]) == {"0": "COMPLETED", "1": "COMPLETED"}, _outputs(Path(first["dir"]))
     assert [n for n, c in cells.items() if status(c) == "finished"] == ["mode=grpo_small,seed=1",
                                                                         "mode=grpo_small,seed=2"]
     capsys.readouterr()
 
+    tiny_grid(tmp_path, slurm={**slurm, "sbatch_args": ["--mem=2G", "--hold"]})  # cells unchanged: not a new config
     assert main(["sweep", str(spec_path), "--slurm"]) == 0
     assert "submitted job array" in capsys.readouterr().out
-    (sub,) = jsonl(spec.out / "slurm" / SUBMISSIONS)
+    _, sub = jsonl(spec.out / "slurm" / SUBMISSIONS)
     assert sub["tasks"] == {"0": "mode=codistill,seed=1", "1": "mode=codistill,seed=2"}
     task_dir = Path(sub["dir"])
     for i, name in sub["tasks"].items():  # one argument per line: what the task passes to codistill.sbatch
@@ -94,9 +101,9 @@ def test_unfinished_cells_run_as_a_job_array(tmp_path, slurm_conf, monkeypatch, 
     job = sub["job_id"]
     assert set(_tasks(job).values()) == {"PENDING"}
 
-    # Held, both tasks are in the queue: a second --slurm leaves them alone.
+    # Held, both tasks are in the queue: another --slurm leaves them alone.
     assert main(["sweep", str(spec_path), "--slurm"]) == 0
-    assert len(jsonl(spec.out / "slurm" / SUBMISSIONS)) == 1
+    assert len(jsonl(spec.out / "slurm" / SUBMISSIONS)) == 2
     assert subprocess.run(["scontrol", "release", job], capture_output=True, timeout=60).returncode == 0
     deadline = time.monotonic() + WAIT_S
     while not (set(_tasks(job).values()) <= TERMINAL):
@@ -114,11 +121,11 @@ def test_unfinished_cells_run_as_a_job_array(tmp_path, slurm_conf, monkeypatch, 
 
     capsys.readouterr()
     assert main(["sweep", str(spec_path), "--slurm"]) == 0  # nothing left to submit: it aggregates
-    assert len(jsonl(spec.out / "slurm" / SUBMISSIONS)) == 1
+    assert len(jsonl(spec.out / "slurm" / SUBMISSIONS)) == 2
     capsys.readouterr()
     assert main(["sweep", str(spec_path), "--aggregate-only"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("# Sweep grid: 4 of 4 cells finished")
     check_grid_summary(spec.out, text)
     walls = {r["mode"]: r for r in md_table(text, "mode") if r["metric"] == "wall time per cell (s)"}
-    assert walls["codistill"]["n"] == "2" and walls["grpo_small"]["n"] == "2"  # SLURM cells: launches.log
+    assert walls["codistill"]["n"] == "2" and walls["grpo_small"]["n"] == "2"  # from each launches.log
