@@ -58,7 +58,12 @@ def run_sweep_cli(args) -> int:
         else:
             from megatron_codistill.sweep.local import run_local
 
-            failed = sum(o.result == "failed" for o in run_local(spec, chosen))  # shows the skipped ones too
+            try:
+                failed = sum(o.result == "failed" for o in run_local(spec, chosen))  # shows the skipped ones too
+            except KeyboardInterrupt:
+                sys.stderr.write("interrupted: the running cell was stopped with SIGTERM and keeps its checkpoints; "
+                                 "run the same command to resume\n")
+                return 130
     from megatron_codistill.sweep.aggregate import aggregate
 
     text, summary = aggregate(spec, cells)
