@@ -48,7 +48,8 @@ class Scheduler:
     def step(self, t: int) -> dict[str, float]:
         """RL step `t` (1-based); its metrics, the same on every rank."""
         run, timer = self.run, PhaseTimer()
-        self._launch_through(t, min(t + self.ahead, run.cfg.run.steps))
+        with timer("launch"):  # an engine that cannot work in the background generates here
+            self._launch_through(t, min(t + self.ahead, run.cfg.run.steps))
         got = collect(run, self.queue.popleft(), timer)
         batch, staleness = got.batch, (t - 1) - got.batch.weight_versions
         metrics = {**rollout_metrics(batch, got.correct, run.mode.generator), **staleness_metrics(staleness)}
@@ -61,7 +62,8 @@ class Scheduler:
         if overlap:  # P_t, then G_{t+1} runs while the other model updates
             with timer("sync"):
                 metrics.update(run.sync_weights(t))
-            self._launch_through(t + 1, t + 1)
+            with timer("launch_next"):
+                self._launch_through(t + 1, t + 1)
         self._update(other, got, scores, staleness, timer, metrics)
         if not overlap:
             with timer("sync"):
