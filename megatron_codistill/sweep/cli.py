@@ -18,7 +18,7 @@ from megatron_codistill.sweep.spec import load_spec
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.description = ("Run a grid of `codistill train` runs (cartesian product of the spec's axes) locally or as "
-                     "one SLURM job array, resumable, and aggregate them: mean and 95%% interval over seeds per "
+                     "one SLURM job array, resumable, and aggregate them: mean and 95% interval over seeds per "
                      "cell group, paired differences by seed, plots.")
     p.add_argument("spec", help="sweep spec YAML (base config, overrides, axes, metrics, compare, slurm)")
     p.add_argument("--slurm", action="store_true", help="submit the unfinished cells as one SLURM job array")

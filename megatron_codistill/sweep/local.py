@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -55,13 +56,15 @@ def run_cell(spec: SweepSpec, cell: Cell, *, env: dict[str, str] | None = None) 
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return Outcome(cell, "busy")
+        if status(cell) == "finished":  # another sweep finished it while we looked
+            return Outcome(cell, "skipped")
         cmd = local_command(spec, cell)
         record(spec, cell, "local", cmd)
         log_path = cell.dir / LOG
         start, t0 = datetime.now().astimezone(), time.monotonic()
         with open(log_path, "a") as out:
             out.write(f"==== codistill sweep: attempt at {start.isoformat(timespec='seconds')}\n"
-                      f"==== {' '.join(cmd)}\n")
+                      f"==== {shlex.join(cmd)}\n")
             out.flush()
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                     start_new_session=True)  # our Ctrl-C reaches it as SIGTERM, below
