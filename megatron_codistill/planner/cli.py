@@ -51,6 +51,9 @@ def add_plan_args(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--recompute", choices=("auto", "none", "selective", "full"),
                    help="activation recompute of both models (auto: full only when needed to fit; default "
                         "auto, or each model's setting with --config)")
+    p.add_argument("--schedule", choices=("sequential", "overlap", "async"),
+                   help="step schedule (scheduler.mode): which phases overlap; default overlap, or the "
+                        "config's with --config")
     p.add_argument("--reserve-gib", type=float, default=5.0, help="per-GPU reserve (context, NCCL), GiB")
     p.add_argument("--mfu", type=float, default=Efficiency.mfu, help="training/scoring MFU (default 0.4)")
     p.add_argument("--decode-bw", type=float, default=Efficiency.decode_bw,
@@ -87,6 +90,7 @@ def _from_config(path: str) -> tuple[tuple[str, ModelArch], tuple[str, ModelArch
         "micro_batch_large": cfg.large.micro_batch_size, "micro_batch_small": cfg.small.micro_batch_size,
         **{key: Recompute(m.recompute, m.recompute_method, m.recompute_num_layers)
            for key, m in (("recompute", cfg.large), ("small_recompute", cfg.small))},
+        "schedule": cfg.scheduler.mode,
     }
     small_name = cfg.small.hf_config or cfg.small.checkpoint or "small"
     large_name = cfg.large.hf_config or cfg.large.checkpoint or "large"
@@ -108,6 +112,8 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         raise ValueError(f"name a model pair ({', '.join(PAIRS)}), both --small and --large, or --config")
     v.update({k: getattr(args, k) for k in _DEFAULTS if getattr(args, k) is not None})  # explicit options win
     recompute, small_recompute = v.pop("recompute", "auto"), v.pop("small_recompute", None)
+    schedule = args.schedule or v.pop("schedule", "overlap")
+    v.pop("schedule", None)
     if args.recompute is not None:  # the option wins over the config, for both models
         recompute, small_recompute = args.recompute, None
     for name in ("gpus", "gpus_per_node", "rollout_tp"):
@@ -124,7 +130,7 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         prompts_per_step=v["prompts"], group_size=v["group_size"], micro_batch_large=v["micro_batch_large"],
         micro_batch_small=v["micro_batch_small"], precision=args.precision,
         distributed_optimizer=dist_opt and not args.no_distributed_optimizer, recompute=recompute,
-        small_recompute=small_recompute,
+        small_recompute=small_recompute, schedule=schedule,
         reserve_gib=args.reserve_gib, sync_gbs=args.sync_gbs, network_gbs=args.network_gbs,
         efficiency=Efficiency(mfu=args.mfu, decode_bw=args.decode_bw, decode_mfu=args.decode_mfu),
     )

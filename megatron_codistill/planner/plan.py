@@ -27,6 +27,7 @@ from megatron_codistill.planner.timing import (
     Efficiency,
     decode_time,
     dp_comm_time,
+    schedule_step_time,
     tp_comm_time,
     train_time,
 )
@@ -64,6 +65,8 @@ class PlanRequest:
     sets it) | auto (no recompute when it fits, else full)."""
     small_recompute: str | Recompute | None = None
     """The small model's; None = the large model's choice."""
+    schedule: str = "overlap"
+    """The step schedule (scheduler.mode): sequential | overlap | async (timing.schedule_step_time)."""
     reserve_gib: float = 5.0
     """Per-GPU memory kept for the CUDA context, NCCL buffers and fragmentation."""
     engine_mem_fraction: float = 0.85
@@ -112,6 +115,8 @@ class LayoutPlan:
     """Dedicated rollout GPU: weights + KV cache (0 when colocated)."""
     waves: int = 0
     times: dict[str, float] = field(default_factory=dict)
+    schedule: str = "overlap"
+    colocated: bool = False
 
     @property
     def valid(self) -> bool:
@@ -119,7 +124,8 @@ class LayoutPlan:
 
     @property
     def step_time(self) -> float:
-        return sum(self.times.values())
+        """Seconds per step under the request's schedule (the phases in `times` add up when sequential)."""
+        return schedule_step_time(self.times, self.schedule, colocated=self.colocated)
 
     @property
     def peak(self) -> float:
@@ -183,7 +189,8 @@ def layout_reasons(req: PlanRequest, tp: int, pp: int) -> list[str]:
 
 def evaluate_layout(req: PlanRequest, tp: int, pp: int) -> LayoutPlan:
     """Memory and time of one layout (its `reasons` say why it is invalid, if it is)."""
-    plan = LayoutPlan(tp=tp, pp=pp, dp=max(req.trainer_gpus // (tp * pp), 1))
+    plan = LayoutPlan(tp=tp, pp=pp, dp=max(req.trainer_gpus // (tp * pp), 1), schedule=req.schedule,
+                      colocated=req.rollout_gpus == 0)
     plan.reasons = layout_reasons(req, tp, pp)
     if plan.reasons:
         return plan

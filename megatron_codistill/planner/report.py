@@ -80,7 +80,8 @@ def to_markdown(req: PlanRequest, plans: list[LayoutPlan], top: int = 10) -> str
         f"{req.gpu.peak_flops(req.precision) / 1e12:.0f} TFLOP/s, HBM {req.gpu.hbm_tbs} TB/s; MFU {e.mfu}, "
         f"decode bandwidth {e.decode_bw}; micro-batch {req.micro_batch_large} (large) / "
         f"{req.micro_batch_small} (small); distributed optimizer "
-        f"{'on' if req.distributed_optimizer else 'off'}.",
+        f"{'on' if req.distributed_optimizer else 'off'}; schedule {req.schedule}"
+        f"{' (colocated engine: nothing overlaps)' if req.rollout_gpus == 0 and req.schedule != 'sequential' else ''}.",
         "",
     ]
     problems = check_request(req)
@@ -90,7 +91,7 @@ def to_markdown(req: PlanRequest, plans: list[LayoutPlan], top: int = 10) -> str
     invalid = [p for p in plans if not p.valid]
     if valid:
         lines += [_row(["rank", "TP", "PP", "DP", "recompute", "GiB/GPU train", "GiB/GPU generate",
-                        *[f"{k} s" for k in PHASES], "step s"]),
+                        *[f"{k} s" for k in PHASES], f"step s ({req.schedule})"]),
                   _row(["---"] * (8 + len(PHASES)))]
         for i, p in enumerate(valid[:top], 1):
             gen = _gib(p.generate_peak) if req.rollout_gpus == 0 else f"{_gib(p.engine_peak)} (rollout GPU)"

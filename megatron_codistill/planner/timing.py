@@ -102,3 +102,29 @@ def dp_comm_time(params: int, *, dp: int, distributed_optimizer: bool, link_byte
         return 0.0
     per_param = 6 if distributed_optimizer else 8
     return per_param * params * (dp - 1) / dp / link_bytes_s
+
+
+SCHEDULES = ("sequential", "overlap", "async")
+
+
+def schedule_step_time(times: dict[str, float], schedule: str, *, colocated: bool = False) -> float:
+    """Step time of the phase `times` (generate, score, update_small, update_large, sync; others add up)
+    under a `scheduler.mode`, as trainer/scheduler.py orders them:
+
+    - sequential: the sum;
+    - overlap: generation of step t+1 runs during the large update of step t, so
+      generate + update_large count as max(generate, update_large);
+    - async (k >= 1): generation runs during the whole training part of the step:
+      max(generate, everything else).
+    Colocated engines share the trainer's GPUs: nothing overlaps, every schedule costs the sum.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} is not valid; valid: {list(SCHEDULES)}")
+    total = sum(times.values())
+    gen, large = times.get("generate", 0.0), times.get("update_large", 0.0)
+    if colocated or schedule == "sequential":
+        return total
+    if schedule == "overlap":
+        return total - gen - large + max(gen, large)
+    return max(gen, total - gen)
+
