@@ -631,6 +631,8 @@ def _check_objectives(cfg: Config) -> None:
                "its prompt tokens: rollout.prompt_overflow must be error (truncated prompts match no problem)")
     if r.kind == "model":
         _check(bool(r.model), "reward.kind=model needs reward.model (an HF sequence-classification checkpoint)")
+        _check(a.pods_n is None, "algorithm.pods_n selects rollouts by the verifier's reward, before the reward "
+               "model scores them: use one of reward.kind=model and algorithm.pods_n")
         if r.verifier == "plugin":
             _check(bool(r.plugin), "reward.verifier=plugin needs reward.plugin ('package.module:function')")
     t = r.retrain

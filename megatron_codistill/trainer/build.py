@@ -41,6 +41,14 @@ class Run:
     engine_version: int = 0
     scheduler: object = None
     """trainer.scheduler.Scheduler of RL modes (None in sft mode)."""
+    conditioner: object = None
+    """trainer.conditioning.Conditioner: the teacher's reference-conditioned KD scores (algorithm.kd_reference)."""
+    task_model: object = None
+    """trainer.task_reward.ModelTaskReward: the learned outcome reward (reward.kind = model)."""
+    step_rewards: object = None
+    """trainer.task_reward.StepRewards: per-step rewards (algorithm.supervision = process)."""
+    retrainer: object = None
+    """trainer.retrain.Retrainer: iterative RL's reward-model retraining (reward.retrain.every > 0)."""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -116,7 +124,19 @@ def build_run(cfg: Config, *, sft: bool = False) -> Run:
                                             keep_last=cfg.checkpoint.keep_last, layout=job_layout(cfg, world)))
     run.extra["config"] = to_dict(cfg)
     if mode is not None:
+        attach_objectives(run)
+    if mode is not None:
         from megatron_codistill.trainer.scheduler import Scheduler
 
         run.scheduler = Scheduler(run)
     return run
+
+
+def attach_objectives(run: Run) -> None:
+    """The reference-conditioned teacher and the learned reward models the config asks for (none by default)."""
+    from megatron_codistill.trainer.conditioning import Conditioner
+    from megatron_codistill.trainer.retrain import build_reward_models
+
+    if run.mode.teacher_scores and run.cfg.algorithm.kd_reference != "none":
+        run.conditioner = Conditioner(run)
+    build_reward_models(run)

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_codistill import algo
+from megatron_codistill.algo.masked import masked_mean
 from megatron_codistill.config import AlgorithmConfig
 
 # policy_loss metrics that add up over rows (with the global denominator); the others are token means.
@@ -57,6 +58,10 @@ class Scored:
     teacher_logp: torch.Tensor | None = None
     behaviour_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    step_rewards: torch.Tensor | None = None
+    """Process supervision: the reward of each step on its last token (task_reward.StepRewards)."""
+    step_mask: torch.Tensor | None = None
+    """Process supervision: 1 on each step's last token."""
 
 
 @dataclass
@@ -91,11 +96,14 @@ def small_inputs(a: AlgorithmConfig, s: Scored, *, task_weight: float = 1.0,
                  kd_alpha: float | None = None) -> LossInputs:
     """CoDistill / KD-GRPO / OPD on the small model (kd_alpha 0 with no teacher = plain GRPO)."""
     teacher = s.teacher_logp if s.teacher_logp is not None else s.old_logp
+    process = s.step_rewards is not None
     surrogate = algo.small_model_advantages(
-        s.old_logp, teacher, task_weight * s.task_rewards, s.mask, group_size=a.group_size,
+        s.old_logp, teacher, (0.0 if process else task_weight) * s.task_rewards, s.mask, group_size=a.group_size,
         alpha=a.kd_alpha if kd_alpha is None else kd_alpha, kappa=a.kd_kappa, kd_reduction=a.kd_reduction,
         token_alpha=a.kd_token_alpha if s.teacher_logp is not None else 0.0, scale_by_std=a.advantage_std,
     )
+    if process:  # the whitened KD reward (alone: the task reward is 0 above) plus the step advantages
+        surrogate = with_process_advantages(a, s, surrogate, weight=task_weight, add=True)
     return LossInputs(s.old_logp, surrogate, s.ref_logp)
 
 
@@ -105,13 +113,40 @@ def large_inputs(a: AlgorithmConfig, s: Scored) -> LossInputs:
         s.old_logp, s.behaviour_logp, s.task_rewards, s.mask, group_size=a.group_size, scheme=a.is_weight,
         cap=a.is_cap, seq_cap=a.is_seq_cap, scale_by_std=a.advantage_std,
     )
+    if s.step_rewards is not None:
+        surrogate = with_process_advantages(a, s, surrogate)
     return LossInputs(s.old_logp, surrogate, s.ref_logp)
 
 
 def grpo_inputs(a: AlgorithmConfig, s: Scored) -> LossInputs:
     """Plain GRPO of a model on its own rollouts."""
     surrogate = algo.grpo_advantages(s.task_rewards, s.mask, group_size=a.group_size, scale_by_std=a.advantage_std)
+    if s.step_rewards is not None:
+        surrogate = with_process_advantages(a, s, surrogate)
     return LossInputs(s.old_logp, surrogate, s.ref_logp)
+
+
+def with_process_advantages(a: AlgorithmConfig, s: Scored, surrogate: algo.SurrogateInputs, *, weight: float = 1.0,
+                            add: bool = False) -> algo.SurrogateInputs:
+    """Process supervision (`algorithm.supervision: process`): the step advantages
+    A_it = sum over steps ending at or after t of the group-normalised step rewards
+    (`algo.process_supervision_advantages` of weight * step_rewards) replace the outcome advantages of
+    `surrogate` (add=True: are added to them, the small model's whitened KD reward). The kept-token mask and
+    importance weights stay. Metrics ps/adv_abs_mean, adv/abs_mean of the result; the outcome reward/* stay
+    for monitoring."""
+    step_mask = s.step_mask * (s.mask > 0).to(s.step_mask.dtype)  # steps of rows dynamic sampling dropped go too
+    ps = algo.process_supervision_advantages(weight * s.step_rewards, step_mask, s.mask, a.group_size,
+                                             scale_by_std=a.advantage_std)
+    adv = ps
+    if add:
+        base = surrogate.advantages
+        adv = ps + (base[:, None] if base.dim() == 1 else base) * (s.mask > 0).to(ps.dtype)
+    with torch.no_grad():
+        metrics = {**surrogate.metrics, "ps/adv_abs_mean": masked_mean(ps.abs(), s.mask),
+                   "adv/abs_mean": masked_mean(adv.abs(), s.mask)}
+        if add:  # the KD-only surrogate above saw a zero task reward
+            metrics["reward/task_mean"] = (weight * s.task_rewards).float().mean()
+    return algo.SurrogateInputs(adv, surrogate.mask, surrogate.weights, metrics)
 
 
 def behaviour_weighted(inputs: LossInputs, behaviour_logp: torch.Tensor, stale: torch.Tensor,

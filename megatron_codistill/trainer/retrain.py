@@ -222,12 +222,14 @@ def objective_state(run) -> dict:
     return state
 
 
-def load_objective_state(run, state: dict | None) -> None:
-    """Restore `objective_state`; ValueError when the checkpoint lacks a part this run needs."""
+def load_objective_state(run, state: dict | None, *, same_ranks: bool = True) -> None:
+    """Restore `objective_state`; ValueError when the checkpoint lacks a part this run needs. At another world
+    size (`same_ranks` False, `state` is rank 0's) the replicated reward model still loads; the per-rank
+    teacher-engine RNG does not carry over (the engine keeps the generator it is built with)."""
     state = state or {}
     for name in ("retrainer", "conditioner"):
         part = getattr(run, name, None)
-        if part is None:
+        if part is None or (name == "conditioner" and not same_ranks):
             continue
         if name not in state:
             raise ValueError(f"the checkpoint has no {name} state, which this run needs (reward.retrain / "

@@ -83,9 +83,12 @@ def rollout_metrics(batch: RolloutBatch, correct: torch.Tensor, who: str) -> dic
 
 
 def shape_task_rewards(run, batch: RolloutBatch, correct: torch.Tensor) -> torch.Tensor:
-    """Task reward R_i [N] after the options that change it (DAPO over-length penalty)."""
+    """Task reward R_i [N] after the options that change it (a learned outcome model, DAPO over-length
+    penalty); with reward.retrain the verifier's rewards `correct` label the batch for the reward model."""
     a = run.cfg.algorithm
-    task = correct.float()
+    task = correct.float() if run.task_model is None else run.task_model(batch)  # reward.kind=model
+    if run.retrainer is not None:  # iterative RL: the verifier's labels of this batch
+        run.retrainer.collect(batch, correct)
     if a.overlong_buffer:
         task = task + algo.overlong_penalty(batch.response_lengths, max_length=run.sampling.max_new_tokens,
                                             buffer=a.overlong_buffer, penalty=a.overlong_penalty)
@@ -126,6 +129,12 @@ def score(run, batch: RolloutBatch) -> dict:
     if run.mode.teacher_scores:
         d = (out["large"] - out["small"]) * batch.response_mask
         out["metrics"]["kd/approx_kl_small_large"] = float(-d.sum() / n_tok)  # E_S[l^S - l^L]
+    if run.conditioner is not None:  # the small model's KD teacher sees a reference solution
+        out["large_kd"], m = run.conditioner.teacher_logprobs(run, batch, out["large"])
+        out["metrics"].update(m)
+    if run.step_rewards is not None:  # process supervision
+        out["step_rewards"], out["step_mask"], m = run.step_rewards(batch)
+        out["metrics"].update(m)
     return out
 
 
@@ -151,10 +160,11 @@ def update(run, name: str, batch: RolloutBatch, task: torch.Tensor, scores: dict
     T1 = part.tokens.shape[1] - 1
     mask = _mask(run, batch, task)[rows, :T1]
     sl = lambda key: None if key not in scores else scores[key][rows, :T1]  # noqa: E731
-    s = obj.Scored(mask=mask, old_logp=sl(name), task_rewards=task[rows], ref_logp=sl(f"{name}_ref"))
+    s = obj.Scored(mask=mask, old_logp=sl(name), task_rewards=task[rows], ref_logp=sl(f"{name}_ref"),
+                   step_rewards=sl("step_rewards"), step_mask=sl("step_mask"))
     opts = obj.policy_options(a, run.sampling.max_new_tokens, use_kl=policy.reference is not None)
     if name == "small":
-        s.teacher_logp = sl("large") if run.mode.teacher_scores else None
+        s.teacher_logp = sl("large_kd" if "large_kd" in scores else "large") if run.mode.teacher_scores else None
         inputs = obj.small_inputs(a, s, task_weight=run.mode.task_weight,
                                   kd_alpha=a.kd_alpha if run.mode.teacher_scores else 0.0)
     elif run.mode.generator == "large":

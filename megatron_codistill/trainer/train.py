@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from megatron_codistill.config import load_config, to_yaml
 from megatron_codistill.log import get_logger
-from megatron_codistill.trainer import supervised
+from megatron_codistill.trainer import retrain, supervised
 from megatron_codistill.trainer.build import Run, build_run
 from megatron_codistill.trainer.checkpoint import rng_state, set_rng_state, step_dir_name, warmup_dir_name
 from megatron_codistill.trainer.evaluate import evaluate
@@ -78,6 +78,7 @@ def train(run: Run, *, resume: bool = False, stop: StopFlag | None = None) -> No
         while step < cfg.run.steps and not preempted:
             step += 1
             metrics = step_fn(step)
+            metrics.update(retrain.after_step(run, step))
             check_finite(metrics, step)
             if cfg.run.eval_every and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
                 metrics.update(evaluate(run, step))
@@ -141,7 +142,7 @@ def save(run: Run, step: int, *, warm: dict[str, int] | None = None) -> None:
     flow = run.scheduler.state_dict() if run.scheduler is not None else {
         "prompts": run.prompts.state_dict(), "engine_rng": run.engine.rng_state(), "in_flight": []}
     rank_state = {"policies": {k: p.state_dict() for k, p in run.policies.items()}, "rng": rng_state(),
-                  "flow": flow, "layouts": run.layout_coordinates()}
+                  "flow": flow, "layouts": run.layout_coordinates(), "objectives": retrain.objective_state(run)}
     shared = {"step": step, "warm_start": warm, "prompts": flow["prompts"],
               "engine_version": run.engine_version, "mode": run.cfg.algorithm.mode}
     name = warmup_dir_name(sum(warm.values())) if warm is not None else step_dir_name(step)
@@ -166,6 +167,7 @@ def restore(run: Run) -> Start | None:
     for name, policy in run.policies.items():
         policy.load_state_dict(state["policies"][name])
     set_rng_state(state["rng"])
+    retrain.load_objective_state(run, state.get("objectives"))
     run.sync_weights(shared["engine_version"])
     if run.scheduler is not None:
         run.scheduler.load_state_dict(state["flow"])
