@@ -22,7 +22,7 @@ def check(*overrides):
     (["algorithm.supervision=process", "reward.kind=math"], "the 'math' reward has no exact step checker"),
     (["algorithm.supervision=process", "reward.kind=arith", "algorithm.mode=opd"], "needs a task reward"),
     (["algorithm.supervision=process", "reward.kind=arith", "algorithm.step_delimiters=[]"], "step_delimiters"),
-    (["reward.kind=model"], "reward.kind=model needs reward.model"),
+    (["reward.kind=model", "reward.model=null"], "reward.kind=model needs reward.model"),
     (["reward.kind=model", f"reward.model={MODELS / 'outcome'}", "algorithm.pods_n=6"], "pods_n selects rollouts"),
     (["reward.retrain.every=2"], r"trains the one learned reward model in use; this run uses none"),
     (["reward.kind=model", f"reward.model={MODELS / 'outcome'}", "reward.retrain.every=2",
