@@ -88,9 +88,9 @@ class Conditioner:
     def __init__(self, run) -> None:
         a = run.cfg.algorithm
         self.source, self.samples = a.kd_reference, a.kd_teacher_samples
-        self.template = ContextTemplate(a.kd_context, lambda t: run.tokenizer.encode(t, add_special_tokens=False))
-        self.index = problems_by_prompt(run.prompts.problems)
         self.encode = lambda t: run.tokenizer.encode(t, add_special_tokens=False)
+        self.template = ContextTemplate(a.kd_context, self.encode)
+        self.index = problems_by_prompt(run.prompts.problems)
         if self.source == "gold":
             missing = [i for i, p in enumerate(run.prompts.problems) if not p.solution]
             if missing:
@@ -160,7 +160,7 @@ class Conditioner:
             prompt, response = batch.tokens[i, :p].tolist(), batch.tokens[i, p : p + q].tolist()
             ref = refs[i // G]
             ctx = prompt if ref is None else self.template.build(prompt, ref)
-            rows.append(Rollout(ctx, response, [0.0] * q, batch.finish_reasons[i] if batch.finish_reasons else "stop"))
+            rows.append(Rollout(ctx, response, [0.0] * q, "stop"))
         return RolloutBatch.from_rollouts([rows[g : g + G] for g in range(0, len(rows), G)], pad_id)
 
     def teacher_logprobs(self, run, batch: RolloutBatch, plain: torch.Tensor) -> tuple[torch.Tensor, dict]:
