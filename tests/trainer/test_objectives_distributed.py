@@ -1,6 +1,8 @@
-"""Learned reward models on 2 gloo ranks: each rank scores its share of the global batch and the gathered
-scores equal one process scoring every row; a retraining round leaves the same reward model on both ranks."""
+"""2 gloo ranks, large model TP=1 x DP=2: learned rewards scored per rank and gathered equal one process scoring
+every row; a retraining round leaves the same reward model on both ranks; the reference-conditioned teacher,
+each replica scoring its rows, equals a single-process HF computation with the gold in context."""
 
+import pytest
 import torch
 
 from megatron_codistill.config import load_config
@@ -37,12 +39,33 @@ def _worker(run_dir: str):
                                 what="test")
     task = ModelTaskReward(outcome, pad_token_id=0, correct=1.0)(batch)
     task_alone = torch.sigmoid(torch.tensor(LearnedReward(outcome, pad_token_id=0).score_ids(sequences(batch))))
-    return {"gathered": gathered, "mask": mask, "alone": alone, "metrics": metrics, "task": task,
+    # reference-conditioned scores with the large model data parallel (DP=2): each replica scores its rows
+    from megatron_codistill import algo
+    from megatron_codistill.trainer.conditioning import Conditioner
+
+    run.cfg.algorithm.kd_reference, run.cfg.algorithm.kd_context = "gold", "{reference};{prompt}"
+    cond = Conditioner(run)
+    lengths = batch.prompt_lengths + batch.response_lengths
+    plain = run.policies["large"].logprobs(batch.tokens, lengths=lengths)
+    conditioned, kd_metrics = cond.teacher_logprobs(run, batch, plain)
+    small = run.policies["small"].logprobs(batch.tokens, lengths=lengths)
+    G = batch.group_size
+    kd = {"batch": batch, "d": algo.kd_log_ratio(conditioned, small, batch.response_mask), "metrics": kd_metrics,
+          "weights": {n: {k: v.clone() for b in p.export_hf(1 << 30) for k, v in b} for n, p in run.policies.items()},
+          "arch": {k: p.arch for k, p in run.policies.items()}, "large_dp": run.policies["large"].layout.dp,
+          "solutions": [cond.index[tuple(batch.tokens[g * G, : int(batch.prompt_lengths[g * G])].tolist())].solution
+                        for g in range(batch.num_groups)]}
+    return {"gathered": gathered, "mask": mask, "alone": alone, "metrics": metrics, "task": task, "kd": kd,
             "task_alone": task_alone, "rm": {k: v.clone() for k, v in run.retrainer.model.state_dict().items()}}
 
 
-def test_two_ranks_share_the_scoring_and_keep_one_reward_model(tmp_path):
-    r0, r1 = run_distributed(_worker, 2, str(tmp_path / "run"))
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    return run_distributed(_worker, 2, str(tmp_path_factory.mktemp("run")))
+
+
+def test_two_ranks_share_the_scoring_and_keep_one_reward_model(ranks):
+    r0, r1 = ranks
     # the global batch (16 rollouts; those without a step have no label), labelled on every rank
     assert 8 < r0["metrics"]["retrain/examples"] <= 16 and r0["metrics"] == {**r0["metrics"], **{
         k: v for k, v in r1["metrics"].items() if k.startswith("retrain/")}}
@@ -56,3 +79,13 @@ def test_two_ranks_share_the_scoring_and_keep_one_reward_model(tmp_path):
     assert torch.equal(r0["gathered"], r1["gathered"])
     for k, v in r0["rm"].items():
         assert torch.equal(v, r1["rm"][k]), k
+
+
+def test_conditioned_teacher_with_a_data_parallel_large_model_equals_hf(ranks):
+    from transformers import AutoTokenizer
+
+    from tests.trainer.test_objectives_conditioning import _check
+
+    r0, r1 = ranks
+    assert r0["kd"]["large_dp"] == 2 and torch.equal(r0["kd"]["d"], r1["kd"]["d"])
+    _check(r0["kd"], AutoTokenizer.from_pretrained(str(TINY.parent / "tokenizer")), r0["kd"]["solutions"])
