@@ -7,7 +7,6 @@ group: all its ranks call it with the same (replica-local) arguments.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 
 import torch
@@ -39,12 +38,13 @@ class Policy:
         self.arch: ModelArch = model_arch(cfg, name)
         self.trainable = trainable
         torch.manual_seed(seed)  # identical init on every rank; Megatron splits the full CPU init
-        module = build_gpt_model(
+        build = lambda: build_gpt_model(  # noqa: E731
             self.arch, pg_collection=layout.pg_collection, pre_process=layout.is_first_stage,
             post_process=layout.is_last_stage, params_dtype=DTYPES[cfg.dtype],
             transformer_impl=cfg.transformer_impl, fp8=cfg.fp8, recompute=cfg.recompute,
             recompute_method=cfg.recompute_method, recompute_num_layers=cfg.recompute_num_layers,
         )
+        module = build()
         if cfg.checkpoint:
             load_weights(module, self.arch, layout, cfg.checkpoint)
         self.model, self.optimizer, self.scheduler = module, None, None
@@ -57,7 +57,11 @@ class Policy:
                 total_steps=max(total_steps, 1), decay_style=o.decay_style,
                 use_distributed_optimizer=o.use_distributed_optimizer,
             )
-        self.reference = copy.deepcopy(module).eval() if with_reference else None
+        self.reference = None
+        if with_reference:  # a second model built alike (its random init drawn off the run's RNG), same weights
+            with torch.random.fork_rng(devices=[]):
+                self.reference = build().eval()
+            self.reset_reference()
         n = sum(p.numel() for p in module.parameters())
         log.info("%s model: %.3fM parameters on this rank (%s)", name, n / 1e6, layout.describe())
 

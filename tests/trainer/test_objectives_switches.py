@@ -137,14 +137,13 @@ def test_a_round_resets_the_kl_reference_of_trained_models_when_asked():
         assert resets == (["small"] if flag else [])
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="algorithm.kl_beta > 0 fails in Policy: deepcopy of a GPTModel that holds process groups")
 def test_reset_reference_changes_the_kl_of_the_next_step(tmp_path_factory):
-    kl = ["algorithm.kl_beta=0.1", "reward.retrain.every=1"]
+    kl = ["algorithm.kl_beta=0.1", "reward.retrain.every=1", "small.optimizer.warmup_steps=0"]  # step 1 moves it
     keep = run(tmp_path_factory, *OUTCOME_MODEL, *kl, steps=2)
     reset = run(tmp_path_factory, *OUTCOME_MODEL, *kl, "reward.retrain.reset_reference=true", steps=2)
     assert keep[0]["small/loss/kl"] == reset[0]["small/loss/kl"] == 0.0  # the reference starts as the policy
-    assert keep[1]["small/loss/kl"] > 0.0 and reset[1]["small/loss/kl"] != keep[1]["small/loss/kl"]
+    # step 2: the kept reference is the initial policy, the reset one the policy after step 1
+    assert keep[1]["small/loss/kl"] > 0.0 and reset[1]["small/loss/kl"] == 0.0
 
 
 TIMING = ("time/", "timeline/", "perf/", "rollout/sync_seconds", "rollout/sync_mb_per_s")  # wall-clock measurements
