@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing import ShardedTensor
+from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 from torch import Tensor
 
@@ -29,12 +30,14 @@ FORMAT = "codistill-mcore-torch_dist/1"
 
 
 def sharded_tensors(entry: Entry, local: Tensor, *, num_layers: int, tp_rank: int, tp: int,
-                    dp_rank: int = 0) -> dict[str, ShardedTensor]:
+                    dp_rank: int = 0, key: str | None = None, copy: bool = False) -> dict[str, ShardedTensor]:
     """Megatron ShardedTensors describing `local` (this rank's shard of `entry`) in the global tensor.
 
     Layer tensors are stacked on a leading axis of size num_layers. Only replica (0, 0, 0) of a tensor
     is written on save: replicated tensors on tp_rank 0, every tensor on dp_rank 0. The keys of the
-    returned dict are local names, the ShardedTensor keys global.
+    returned dict are local names, the ShardedTensor keys global: `key` (default `entry.ckpt`).
+    copy: `local` is a copy of another tensor stored under the same key (the tied output layer of a
+    last pipeline stage): never written, loaded from the tensor it copies.
     """
     # The layer axis is a real axis of `data` (a view with a leading 1), not Megatron's
     # prepend_axis_num: that legacy path assumes no other shard lives on the same rank, which fails
@@ -43,19 +46,19 @@ def sharded_tensors(entry: Entry, local: Tensor, *, num_layers: int, tp_rank: in
     data = local.unsqueeze(0) if layered else local
     pre = ((0, entry.layer, num_layers),) if layered else ()
     kw = dict(allow_shape_mismatch=entry.rule.layout == "vocab")
-    layout = entry.layout
+    key, layout, copy_id = key or entry.ckpt, entry.layout, int(copy)
     if layout.tp_axis is None:
         return {entry.mcore: ShardedTensor.from_rank_offsets(
-            entry.ckpt, data, *pre, replica_id=(0, tp_rank, dp_rank), **kw)}
+            key, data, *pre, replica_id=(copy_id, tp_rank, dp_rank), **kw)}
     axis = layout.tp_axis + len(pre)
     if not layout.halves:
         return {entry.mcore: ShardedTensor.from_rank_offsets(
-            entry.ckpt, data, *pre, (axis, tp_rank, tp), replica_id=(0, 0, dp_rank), **kw)}
+            key, data, *pre, (axis, tp_rank, tp), replica_id=(copy_id, 0, dp_rank), **kw)}
     first, second = data.chunk(2, dim=axis)  # [gate_i; up_i] -> pieces i and tp + i of 2 tp
     return {f"{entry.mcore}/0": ShardedTensor.from_rank_offsets(
-                entry.ckpt, first, *pre, (axis, tp_rank, 2 * tp), replica_id=(0, 0, dp_rank), **kw),
+                key, first, *pre, (axis, tp_rank, 2 * tp), replica_id=(copy_id, 0, dp_rank), **kw),
             f"{entry.mcore}/1": ShardedTensor.from_rank_offsets(
-                entry.ckpt, second, *pre, (axis, tp + tp_rank, 2 * tp), replica_id=(0, 0, dp_rank), **kw)}
+                key, second, *pre, (axis, tp + tp_rank, 2 * tp), replica_id=(copy_id, 0, dp_rank), **kw)}
 
 
 def gather_loaded(entry: Entry, loaded: dict[str, Tensor]) -> Tensor:
@@ -66,6 +69,27 @@ def gather_loaded(entry: Entry, loaded: dict[str, Tensor]) -> Tensor:
     else:
         out = loaded[entry.mcore]
     return out.squeeze(0) if entry.layer is not None else out
+
+
+def param_factory(entry: Entry, param: Tensor, *, key: str, num_layers: int, tp_rank: int, tp: int,
+                  dp_rank: int) -> ShardedTensorFactory:
+    """One live parameter as a Megatron ShardedTensorFactory whose `data` is the parameter itself.
+
+    Megatron's optimizers find a parameter's state by the identity of `data` (their
+    `sharded_state_dict(model_sharded_state_dict)`) and rebuild the factory around each state tensor
+    (Adam moments, fp32 main copy) with the key prefixed, so every state tensor is stored exactly as its
+    parameter: under a layout-independent key, resharded on load. `build_fn` gives `sharded_tensors`
+    of whatever tensor it is handed, `merge_fn` puts the loaded pieces back together.
+    """
+    copy = not entry.rule.exported
+
+    def build(key, data, replica_id, flattened_range):
+        assert flattened_range is None, f"{key}: flattened state (the distributed optimizer saves fully_reshardable)"
+        return sharded_tensors(entry, data.detach(), num_layers=num_layers, tp_rank=tp_rank, tp=tp,
+                               dp_rank=dp_rank, key=key, copy=copy)
+
+    return ShardedTensorFactory(key, param, build, lambda loaded: gather_loaded(entry, loaded),
+                                replica_id=(int(copy), tp_rank, dp_rank))
 
 
 @contextlib.contextmanager
