@@ -9,16 +9,17 @@ Schedule (Megatron's convention): the lr used by optimizer step k (0-based) is
     warmup (k < warmup_steps): lr * k / warmup_steps      (so step 0 runs at lr 0 when warming up)
     then constant: lr | linear / cosine: from lr down to min_lr at k = total_steps.
 
-Checkpointing (`state_dict` / `load_state_dict`), per rank and for the same layout on resume:
-the scheduler state (step count and lr settings), and for every sub-optimizer the torch
-optimizer state (Adam moments and step, for this rank's parameters or, with the distributed
-optimizer, this rank's shard) plus the fp32 main parameters when they are separate copies of
-bf16/fp16 model weights. Model weights themselves are saved by the model checkpoint.
+Checkpointing (`sharded_state_dict` / `load_sharded_state_dict`) goes through Megatron's own
+`optimizer.sharded_state_dict(model_sharded_state_dict)`: every state tensor (Adam moments, fp32 main
+copies of bf16/fp16 weights, the distributed optimizer's shards in the `fully_reshardable` format) is
+stored under its parameter's layout-independent key, so it loads at any TP / PP / DP; the step count,
+param-group settings and the schedule are plain values. Model weights are saved alongside by the caller.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -80,40 +81,112 @@ def _sub_optimizers(optimizer) -> list:
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
-def _keeps_main_copies(sub) -> bool:
-    """Mixed-precision optimizers hold fp32 main params apart from the bf16/fp16 model weights."""
-    return bool(sub.config.bf16 or sub.config.fp16)
+def _is_distributed(sub) -> bool:
+    return bool(getattr(sub, "ddp_config", None) and sub.ddp_config.use_distributed_optimizer)
 
 
-def _main_params(sub) -> list[torch.Tensor]:
-    return [p for group in sub.optimizer.param_groups for p in group["params"]]
+def initialized(optimizer) -> bool:
+    """Whether the optimizer holds Adam state (torch creates it at the first step; `reset` drops it)."""
+    return any(len(sub.optimizer.state) for sub in _sub_optimizers(optimizer))
 
 
-def state_dict(optimizer, scheduler) -> dict:
-    """A snapshot of this rank's optimizer + scheduler state (the module docstring says what)."""
-    subs = []
+@contextlib.contextmanager
+def _gather_groups(optimizer) -> Iterator[dict]:
+    """Megatron's sharded-state metadata, with what the distributed optimizer's gather needs here.
+
+    The distributed optimizer saves in Megatron's `fully_reshardable` format: its flat shards are
+    gathered on DP rank 0 into parameter-shaped tensors, stored like any optimizer's state. On GPU the
+    gather is an all-gather over the DP group; without CUDA it is Megatron's memory-efficient gloo
+    gather, for which the DP group (gloo already on CPU) stands in for the separate gloo group that
+    `build_optimizer` does not create.
+    """
+    cpu = not torch.cuda.is_available()
+    patched = [sub for sub in _sub_optimizers(optimizer)
+               if cpu and _is_distributed(sub) and sub.data_parallel_group_gloo is None]
+    for sub in patched:
+        sub.data_parallel_group_gloo = sub.data_parallel_group
+    try:
+        yield {"distrib_optim_sharding_type": "fully_reshardable",
+               "distrib_optim_fully_reshardable_mem_efficient": cpu, "chained_optim_avoid_prefix": True}
+    finally:
+        for sub in patched:
+            sub.data_parallel_group_gloo = None
+
+
+def sharded_state_dict(optimizer, scheduler, model_sharded: dict, *, saved: dict | None = None) -> dict:
+    """This rank's optimizer + schedule state as part of a Megatron sharded state dict.
+
+    model_sharded: the model's sharded state dict, whose ShardedTensor(Factorie)s hold the live
+    parameters (`mcore_ckpt.param_factory`): Megatron's `optimizer.sharded_state_dict` stores each
+    parameter's Adam moments (and fp32 main copy for bf16/fp16 or the distributed optimizer) under the
+    parameter's own layout-independent key with an `optimizer.state.<name>.` prefix; the step count,
+    param-group settings and the schedule are plain values. saved: None to save; to load, the plain
+    values of the checkpoint (what `load_common` returned for this part), which say what it holds.
+    """
+    kind = "distributed" if any(_is_distributed(s) for s in _sub_optimizers(optimizer)) else "local"
+    if saved is not None and saved["kind"] != kind:
+        raise ValueError(f"the checkpoint's optimizer state is {saved['kind']} (use_distributed_optimizer="
+                         f"{saved['kind'] == 'distributed'}), this run's optimizer is {kind}; resume with the "
+                         "saved optimizer.use_distributed_optimizer")
+    has_state = initialized(optimizer) if saved is None else saved["initialized"]
+    state = {"kind": kind, "initialized": has_state, "scheduler": scheduler.state_dict()}
+    if has_state:
+        if saved is not None:
+            _allocate_state(optimizer)
+        with _gather_groups(optimizer) as metadata:
+            state["megatron"] = optimizer.sharded_state_dict(model_sharded, is_loading=saved is not None,
+                                                             metadata=metadata)
+    return state
+
+
+def load_sharded_state_dict(optimizer, scheduler, loaded: dict) -> None:
+    """Restore what `sharded_state_dict` saved (loaded at this rank's layout)."""
+    if loaded["initialized"]:
+        with _torch_adam_steps(optimizer):
+            optimizer.load_state_dict(loaded["megatron"])
+    else:
+        for sub in _sub_optimizers(optimizer):
+            sub.optimizer.state.clear()
+    scheduler.load_state_dict(loaded["scheduler"])
+
+
+@contextlib.contextmanager
+def _torch_adam_steps(optimizer) -> Iterator[None]:
+    """Load the distributed optimizer's state when its inner optimizer is torch's Adam (no TE / Apex).
+
+    torch's Adam keeps `step` in every parameter's state, Megatron's loaders are written for fused
+    Adams that keep it in the param groups: the fully_reshardable loader copies every state key from
+    tensors that have no `step` (KeyError), and `load_state_dict` gives every parameter the same step
+    tensor, which torch's Adam then increments once per parameter. During the load, the step is
+    passed through unchanged; afterwards each parameter gets its own copy (the param groups' value).
+    """
+    subs = [sub for sub in _sub_optimizers(optimizer) if _is_distributed(sub)]
+    for sub in subs:
+        original = sub._set_main_param_and_optimizer_states
+
+        def keep_step(model_param, tensors, sub=sub, original=original):
+            group_index, group_order = sub.model_param_group_index_map[model_param]
+            main = sub.optimizer.param_groups[group_index]["params"][group_order]
+            step = sub.optimizer.state[main].get("step")
+            original(model_param, tensors if step is None or "step" in tensors else {**tensors, "step": step})
+
+        sub._set_main_param_and_optimizer_states = keep_step
+    try:
+        yield
+    finally:
+        for sub in subs:
+            del sub._set_main_param_and_optimizer_states
+            for state in sub.optimizer.state.values():
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].clone()
+
+
+def _allocate_state(optimizer) -> None:
+    """Give a fresh optimizer state tensors to load into (Megatron's loaders fill existing state).
+
+    The distributed optimizer takes one step with zero gradients (Megatron's own way; its main shards
+    change but are overwritten by the load); the others allocate in `sharded_state_dict(is_loading)`.
+    """
     for sub in _sub_optimizers(optimizer):
-        # deepcopy: torch's state_dict() hands out the live moment tensors
-        entry = {"kind": type(sub).__name__, "inner": copy.deepcopy(sub.optimizer.state_dict())}
-        if _keeps_main_copies(sub):
-            entry["main_params"] = [p.detach().clone() for p in _main_params(sub)]
-        subs.append(entry)
-    return {"scheduler": scheduler.state_dict(), "optimizers": subs}
-
-
-def load_state_dict(optimizer, scheduler, state: dict) -> None:
-    """Restore what `state_dict` saved, into an optimizer built for the same model and layout."""
-    subs = _sub_optimizers(optimizer)
-    if len(subs) != len(state["optimizers"]):
-        raise ValueError(f"checkpoint has {len(state['optimizers'])} sub-optimizers, this optimizer "
-                         f"{len(subs)}: the layout or model differs from the saved run")
-    for sub, entry in zip(subs, state["optimizers"]):
-        if entry["kind"] != type(sub).__name__:
-            raise ValueError(f"checkpoint optimizer {entry['kind']} does not match {type(sub).__name__}")
-        sub.optimizer.load_state_dict(entry["inner"])
-        if "main_params" in entry:
-            with torch.no_grad():
-                for param, saved in zip(_main_params(sub), entry["main_params"]):
-                    param.copy_(saved)
-            sub._copy_main_params_to_model_params()
-    scheduler.load_state_dict(state["scheduler"])
+        if _is_distributed(sub) and not len(sub.optimizer.state):
+            sub._init_optimizer_states_with_dummy_values()

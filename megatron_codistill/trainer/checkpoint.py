@@ -1,16 +1,27 @@
-"""Atomic, verified, resumable checkpoints of the whole run.
+"""Atomic, verified, resumable checkpoints of the whole run, at any layout.
 
-Layout: `<run_dir>/checkpoints/<name>/` with one `rank_00000.pt` per rank (both models' shards,
-optimizers, schedules, RNG states), `trainer_state.json` (step, data cursor, layout) and a `COMPLETE`
-marker that records every file's size and SHA-256. Names: `step_000010` after RL step 10
-(`step_000000` right after the warm start) and `warmup_000120` during the warm start (120 of its
-steps done); warm-start checkpoints order before every RL one.
+Layout: `<run_dir>/checkpoints/<name>/` with
+- `dist/`: a Megatron-Core distributed checkpoint (torch_dist) of both models' weights, optimizer
+  states (Adam moments and step, fp32 main copies, the distributed optimizer's shards gathered into
+  parameter shapes), schedules and KL references, under layout-independent keys (`Policy.state_dict`);
+- one `rank_00000.pt` per rank: what only that rank has (Python/torch generator states, the rollout
+  flow: engine generator and in-flight rollouts);
+- `trainer_state.json` (step, data cursor, layout) and a `COMPLETE` marker that records every file's
+  size and SHA-256.
+Names: `step_000010` after RL step 10 (`step_000000` right after the warm start) and `warmup_000120`
+during the warm start (120 of its steps done); warm-start checkpoints order before every RL one.
 
-Save: everything goes into `<name>.tmp/` first; after every rank has written its file, rank 0 writes
+Save: everything goes into `<name>.tmp/` first; after every rank has written its part, rank 0 writes
 the state and then the marker, and renames the directory. Discovery only considers directories named
 exactly `step_N` / `warmup_N` that hold a marker, so a crash at any moment leaves the previous
-checkpoints usable. Load verifies the newest candidate (sizes, checksums, a readable state) on every
-rank and falls back to the previous one when anything is damaged, naming the file.
+checkpoints usable. Load verifies the newest candidate on every rank (sizes and checksums, each rank a
+share of the distributed checkpoint's files; a readable state) and falls back to the previous one when
+anything is damaged, naming the file.
+
+Another layout (world size, large TP / PP) reshards on load: each rank reads its slices of the
+distributed checkpoint. Per-rank generator states cannot be resharded: at the same world size every
+rank keeps its own file's; at another world size every rank reads rank 0's file (the shared data
+cursor) and the caller re-seeds (`reseed`).
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from megatron_codistill.log import get_logger
 log = get_logger(__name__)
 MARKER = "COMPLETE"
 STATE = "trainer_state.json"
+DIST = "dist"
+"""The Megatron distributed checkpoint inside a checkpoint directory."""
 _NAME = re.compile(r"^(warmup|step)_(\d{6,})$")
 
 
@@ -76,21 +89,55 @@ class DamagedCheckpoint(ValueError):
 
 
 class LayoutMismatch(ValueError):
-    """The checkpoint was saved at another parallel layout than this job's."""
+    """The checkpoint was saved at another parallel layout than this job's and cannot be resharded."""
 
 
 @dataclass
 class Loaded:
+    """A verified checkpoint: this rank's file, the shared state, and its distributed checkpoint."""
+
     path: Path
     rank_state: dict
+    """This rank's file, or rank 0's when the world size changed (`same_ranks` False)."""
     shared: dict
+    resharded_from: dict | None = None
+    """The layout it was saved at, when that differs from this job's."""
+    same_ranks: bool = True
+    """The world size is the one it was saved with: `rank_state` is this rank's own."""
+
+    def common(self) -> dict:
+        """The plain (non-tensor) values of the distributed checkpoint, on every rank."""
+        from megatron.core import dist_checkpointing
+
+        return dist_checkpointing.load_common_state_dict(str(self.path / DIST))
+
+    def load(self, request: dict) -> dict:
+        """`request` (a sharded state dict of this rank's layout) filled from the checkpoint. Collective."""
+        from megatron_codistill.convert.mcore_ckpt import load_sharded
+
+        return load_sharded(request, str(self.path / DIST))
+
+    def restore(self, policies: dict) -> None:
+        """Fill every policy (weights, optimizer, schedule, reference) from the distributed checkpoint,
+        resharded to this job's layout. Collective (all ranks, same policies)."""
+        if not (self.path / DIST).is_dir():
+            raise ValueError(f"{self.path} has no {DIST}/ (model states in rank files, an older format); "
+                             "resume it with the version that wrote it")
+        common = self.common()
+        missing = sorted(set(policies) - set(common))
+        if missing:
+            raise ValueError(f"{self.path} has no state for model(s) {missing} (it holds {sorted(common)})")
+        request = {name: p.state_dict(saved=common[name]) for name, p in policies.items()}
+        state = self.load(request)
+        for name, policy in policies.items():
+            policy.load_state_dict(state[name])
 
 
 class CheckpointManager:
     """Saves and finds checkpoints under `<run_dir>/checkpoints`. All ranks call every method.
 
     layout: this job's layout ({"world_size": W, "large": {"tensor_parallel": t, "pipeline_parallel": p}});
-    it is saved with each checkpoint and a resume at another layout stops with both named.
+    it is saved with each checkpoint, and a checkpoint of another layout loads resharded.
     """
 
     def __init__(self, run_dir: str | Path, *, rank: int, world_size: int, keep_last: int = 2,
@@ -106,25 +153,30 @@ class CheckpointManager:
         found = [p for p in self.root.iterdir() if order_key(p.name) and (p / MARKER).is_file()]
         return sorted(found, key=lambda p: order_key(p.name), reverse=True)
 
-    def save(self, name: str, rank_state: dict, shared_state: dict) -> Path:
-        """Write this rank's `rank_state` (torch objects) and rank 0's `shared_state` (JSON) as `name`."""
+    def save(self, name: str, rank_state: dict, shared_state: dict, sharded: dict | None = None) -> Path:
+        """Write `name`: this rank's `rank_state` (torch objects), rank 0's `shared_state` (JSON) and, with
+        `sharded`, every rank's part of one Megatron distributed checkpoint (a sharded state dict)."""
         final, tmp = self.root / name, self.root / f"{name}.tmp"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            (tmp / DIST if sharded is not None else tmp).mkdir(parents=True)
         _barrier()
+        if sharded is not None:
+            from megatron_codistill.convert.mcore_ckpt import save_sharded
+
+            save_sharded(sharded, str(tmp / DIST))  # collective; returns once every rank's part is written
         rank_file = tmp / f"rank_{self.rank:05d}.pt"
         fault_point("checkpoint.before_rank_file")
         torch.save(rank_state, rank_file.with_suffix(".pt.part"))
         os.replace(rank_file.with_suffix(".pt.part"), rank_file)
         fault_point("checkpoint.after_rank_file")
-        digests = _gather((rank_file.name, file_digest(rank_file)))
+        digests = _gather(self._own_digests(tmp, rank_file))
         if self.rank == 0:
             state = {**shared_state, "layout": self.layout}
             (tmp / STATE).write_text(json.dumps(state, indent=1))
             fault_point("checkpoint.after_state")
-            files = dict(digests)
-            files[STATE] = file_digest(tmp / STATE)
+            files = {n: d for part in digests for n, d in part.items()}
+            files.update({n: file_digest(tmp / n) for n in _relative_files(tmp) if n not in files})
             (tmp / f"{MARKER}.part").write_text(json.dumps({"name": name, "files": files}, indent=1))
             os.replace(tmp / f"{MARKER}.part", tmp / MARKER)
             fault_point("checkpoint.after_marker")
@@ -138,11 +190,20 @@ class CheckpointManager:
         log.info("checkpoint saved: %s", final)
         return final
 
+    def _own_digests(self, tmp: Path, rank_file: Path) -> dict[str, dict]:
+        """Digests of the files this rank wrote: its rank file and its distributed-checkpoint files
+        (torch_dist names them `__<global rank>_<i>.distcp`); rank 0 hashes the rest (metadata)."""
+        own = [rank_file.relative_to(tmp).as_posix()]
+        if (tmp / DIST).is_dir():
+            own += [f"{DIST}/{p.name}" for p in (tmp / DIST).glob(f"__{self.rank}_*.distcp")]
+        return {n: file_digest(tmp / n) for n in own}
+
     def load_latest(self) -> Loaded | None:
         """The newest checkpoint that verifies on every rank, or None when there is none.
 
         A damaged checkpoint is reported (file named) and the previous one tried; if every candidate
-        is damaged, DamagedCheckpoint lists them. A checkpoint of another layout raises LayoutMismatch.
+        is damaged, DamagedCheckpoint lists them. A checkpoint of another layout is resharded on load
+        (`Loaded.resharded_from`); one without a distributed checkpoint raises LayoutMismatch.
         """
         damaged = []
         for path in self.candidates():
@@ -166,24 +227,32 @@ class CheckpointManager:
         return None
 
     def _load(self, path: Path) -> Loaded:
-        """Verify `path` for this rank (marker, state, layout, own rank file) and load it."""
+        """Verify `path` for this rank (marker, state, layout, the rank file it reads, its share of the
+        distributed checkpoint) and load the rank file."""
         marker = _read_json(path / MARKER)
         files = marker.get("files") or {}
         shared = _read_json(path / STATE)
-        self.check_layout(shared.get("layout", {}), path)
-        rank_file = path / f"rank_{self.rank:05d}.pt"
-        for f in (path / STATE, rank_file):
-            _verify(f, files.get(f.name))
+        saved = shared.get("layout", {})
+        resharded = saved != self.layout
+        if resharded and not any(n.startswith(f"{DIST}/") for n in files):
+            raise LayoutMismatch(f"{path} holds no distributed checkpoint to reshard: " + self._mismatch(saved, path))
+        same_ranks = saved.get("world_size") == self.world_size
+        rank_file = path / f"rank_{self.rank if same_ranks else 0:05d}.pt"
+        dist_files = sorted(n for n in files if n.startswith(f"{DIST}/"))
+        for name in [STATE, rank_file.name, *dist_files[self.rank::self.world_size]]:
+            _verify(path / name, files.get(name))
         try:
             state = torch.load(rank_file, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unreadable file is a damaged checkpoint
             raise DamagedCheckpoint(f"{rank_file}: cannot be read ({type(e).__name__}: {e})") from None
-        return Loaded(path, state, shared)
+        return Loaded(path, state, shared, resharded_from=saved if resharded else None, same_ranks=same_ranks)
 
-    def check_layout(self, saved: dict, path: Path) -> None:
-        if saved != self.layout:
-            raise LayoutMismatch(
-                f"{path} was saved at layout {_describe(saved)}, this job runs {_describe(self.layout)}; "
+    def describe_reshard(self, loaded: Loaded) -> str:
+        """"from <saved layout> to <this job's layout>" for the log."""
+        return f"from {_describe(loaded.resharded_from or self.layout)} to {_describe(self.layout)}"
+
+    def _mismatch(self, saved: dict, path: Path) -> str:
+        return (f"{path} was saved at layout {_describe(saved)}, this job runs {_describe(self.layout)}; "
                 "resume with the saved layout (world size, large.tensor_parallel, large.pipeline_parallel), "
                 "or export the checkpoint with `codistill export` and start a new run from it")
 
@@ -200,6 +269,10 @@ def _describe(layout: dict) -> str:
     large = layout.get("large", {})
     return (f"world size {layout.get('world_size', '?')}, large TP={large.get('tensor_parallel', '?')} "
             f"PP={large.get('pipeline_parallel', '?')}")
+
+
+def _relative_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
 def _read_json(path: Path) -> dict:
@@ -229,6 +302,15 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Fresh generator streams after a world-size change, where saved per-rank states cannot be carried:
+    Python's from (seed, step, rank), torch's from (seed, step) alike on every rank as at the start."""
+    import random
+
+    random.seed(f"{seed}/{step}/{rank}")
+    torch.manual_seed(seed + step)
 
 
 def set_rng_state(state: dict) -> None:

@@ -1,10 +1,10 @@
 """Hugging Face exports of training checkpoints, from the checkpoint files alone.
 
 `codistill export RUN_DIR [--step N] --out DIR [--model small|large|both]` and `checkpoint.export_hf`
-run the same code: read each rank file of a complete checkpoint (checksums verified), put each
-model's TP shards back together with the mapping table's `merge` (the first data-parallel replica of
-every pipeline stage), and write safetensors with that model's own config, generation config,
-tokenizer and token ids. Any layout it was saved at exports to the same bytes.
+run the same code: read each model's full (TP=1) tensors from the checkpoint's layout-independent
+Megatron distributed checkpoint (checksums verified first), convert them with the mapping table, and
+write safetensors with that model's own config, generation config, tokenizer and token ids. Any
+layout it was saved at exports to the same bytes.
 
 Exports live in `<run_dir>/exports/step_N/<model>/`, outside `checkpoints/`, so `keep_last` never
 deletes them; each is written atomically (a marker last).
@@ -26,6 +26,7 @@ from megatron_codistill.config import Config, load_config, model_arch
 from megatron_codistill.faults import fault_point
 from megatron_codistill.log import get_logger
 from megatron_codistill.trainer.checkpoint import (
+    DIST,
     MARKER,
     STATE,
     CheckpointManager,
@@ -56,11 +57,11 @@ def has_export(run, checkpoint: Path) -> bool:
 
 
 def export_step(run, checkpoint: Path) -> None:
-    """The HF export of a just-saved (or resumed) checkpoint; rank 0 writes, every rank waits."""
-    if run.rank == 0:
-        step = json.loads((checkpoint / STATE).read_text())["step"]
-        out = export_dir(run.cfg.run.dir, step)
-        export_checkpoint(checkpoint, run.cfg, lambda name: out / name)
+    """The HF export of a just-saved (or resumed) checkpoint; collective: rank 0 reads and writes, the
+    other ranks take part in the reads (torch.distributed.checkpoint plans them together)."""
+    step = json.loads((checkpoint / STATE).read_text())["step"]
+    out = export_dir(run.cfg.run.dir, step)
+    export_checkpoint(checkpoint, run.cfg, lambda name: out / name)
     if dist.is_initialized():
         dist.barrier()
 
@@ -81,65 +82,73 @@ def find_checkpoint(run_dir: str | Path, step: int | None) -> Path:
 
 def export_checkpoint(checkpoint: Path, cfg: Config, out_of: Callable[[str], Path], *,
                       models: list[str] | None = None, overwrite: bool = True) -> dict[str, Path]:
-    """Write each model of `checkpoint` (`models`, default all it holds) as a HF directory at `out_of(name)`."""
-    files = rank_files(checkpoint)
-    held = list(files[0]["policies"])
+    """Write each model of `checkpoint` (`models`, default all it holds) as a HF directory at `out_of(name)`.
+
+    In one process, or collectively in a job: every rank calls it, rank 0 alone reads and writes."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_codistill.convert.mcore_ckpt import process_group
+    from megatron_codistill.convert.model_io import agree
+
+    writer = not dist.is_initialized() or dist.get_rank() == 0
+    error = None
+    if writer:
+        try:
+            verify_files(checkpoint)
+        except (DamagedCheckpoint, ValueError) as e:
+            error = str(e)
+    agree(error)
+    source = str(checkpoint / DIST)
+    held = list(dist_checkpointing.load_common_state_dict(source))
     missing = sorted(set(models or []) - set(held))
     if missing:
         raise ValueError(f"{checkpoint} holds no {missing[0]} model (it holds {held})")
     outs = {}
-    for name in models or held:
-        m = getattr(cfg, name)
-        arch = model_arch(m, name)
-        tensors = full_hf_tensors(arch, [(f["layouts"][name], f["policies"][name]["model"]) for f in files])
-        outs[name] = out_of(name)
-        write_hf(outs[name], arch, tensors, source=m.hf_config or m.checkpoint,
-                 tokenizer=tokenizer_path(m) or tokenizer_path(cfg.small), overwrite=overwrite)
-        log.info("exported the %s model of %s to %s", name, checkpoint.name, outs[name])
+    with process_group():
+        for name in models or held:
+            m = getattr(cfg, name)
+            arch = model_arch(m, name)
+            tensors = full_hf_tensors(arch, source, prefix=f"{name}.", read=writer)
+            outs[name] = out_of(name)
+            if writer:
+                write_hf(outs[name], arch, tensors, source=m.hf_config or m.checkpoint,
+                         tokenizer=tokenizer_path(m) or tokenizer_path(cfg.small), overwrite=overwrite)
+                log.info("exported the %s model of %s to %s", name, checkpoint.name, outs[name])
     return outs
 
 
-def rank_files(checkpoint: Path) -> list[dict]:
-    """Every rank file of `checkpoint`, verified against its marker, memory-mapped."""
+def verify_files(checkpoint: Path) -> None:
+    """Every file the marker of `checkpoint` lists, against its size and SHA-256."""
     marker = json.loads((checkpoint / MARKER).read_text())
-    names = sorted(n for n in marker.get("files", {}) if n.startswith("rank_"))
-    if not names:
-        raise DamagedCheckpoint(f"{checkpoint / MARKER}: lists no rank files")
-    out = []
-    for n in names:
-        _verify(checkpoint / n, marker["files"][n])
-        out.append(torch.load(checkpoint / n, map_location="cpu", weights_only=False, mmap=True))
-    if any("layouts" not in f for f in out):
-        raise ValueError(f"{checkpoint}: saved without layout coordinates; export it from a running job")
-    return out
+    files = marker.get("files", {})
+    if not any(n.startswith(f"{DIST}/") for n in files):
+        raise ValueError(f"{checkpoint}: no {DIST}/ distributed checkpoint (model states in rank files, an older "
+                         "format); export it with the version that wrote it")
+    for name, expected in files.items():
+        _verify(checkpoint / name, expected)
 
 
-def full_hf_tensors(arch, shards: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
-    """HF name -> full tensor from (layout coordinates, GPTModel state dict) of every rank."""
-    from megatron_codistill.convert.mapping import entry_for_param, expected_hf_tensors
+def full_hf_tensors(arch, source: str, *, prefix: str, read: bool = True) -> dict[str, torch.Tensor]:
+    """HF name -> full tensor of the model stored under `prefix` in the distributed checkpoint `source`.
 
-    stages: dict[int, dict[int, tuple[dict, dict]]] = {}
-    for coords, state in shards:
-        if coords["dp_rank"] == 0:
-            stages.setdefault(coords["pp_rank"], {})[coords["tp_rank"]] = (coords, state)
-    out: dict[str, torch.Tensor] = {}
-    for pp_rank in sorted(stages):
-        by_tp = [stages[pp_rank][r] for r in sorted(stages[pp_rank])]
-        coords, first = by_tp[0]
-        if len(by_tp) != coords["tp"]:
-            raise ValueError(f"pipeline stage {pp_rank}: {len(by_tp)} of {coords['tp']} tensor-parallel shards")
-        for key, value in first.items():
-            if not isinstance(value, torch.Tensor):
-                continue  # Megatron's _extra_state entries
-            entry = entry_for_param(arch, key, coords["layer_offset"])
-            if not entry.rule.exported:
-                continue
-            full = entry.layout.merge([state[key] for _, state in by_tp], arch)
-            out.update(zip(entry.hf, entry.layout.to_hf(full, arch)))
-    expected = expected_hf_tensors(arch)
-    if set(out) != set(expected):
-        raise ValueError(f"checkpoint shards do not cover the model: missing {sorted(set(expected) - set(out))}")
-    return {n: out[n] for n in expected}
+    Collective over the default process group; ranks with `read` False request nothing (empty result).
+    """
+    from megatron.core import dist_checkpointing
+
+    from megatron_codistill.convert.mapping import entries
+    from megatron_codistill.convert.mcore_ckpt import gather_loaded, load_sharded, sharded_tensors
+
+    todo = entries(arch) if read else []
+    meta = dist_checkpointing.load_tensors_metadata(source) if read else {}
+    absent = sorted(prefix + e.ckpt for e in todo if prefix + e.ckpt not in meta)
+    if absent:
+        raise ValueError(f"{source}: the checkpoint does not cover the model: missing {absent}")
+    request = {}
+    for e in todo:
+        empty = torch.empty(e.shape, dtype=meta[prefix + e.ckpt].dtype)  # vocab rows: the unpadded ones
+        request.update(sharded_tensors(e, empty, num_layers=arch.num_layers, tp_rank=0, tp=1, key=prefix + e.ckpt))
+    loaded = load_sharded(request, source)
+    return {n: t for e in todo for n, t in zip(e.hf, e.layout.to_hf(gather_loaded(e, loaded), arch))}
 
 
 def write_hf(out: Path, arch, tensors: dict[str, torch.Tensor], *, source: str | None, tokenizer: str | None,

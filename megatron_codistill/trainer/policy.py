@@ -133,27 +133,65 @@ class Policy:
         return export_hf_weights(self.module, self.arch, tp_group=self.layout.tp_group,
                                  pp_group=self.layout.pp_group, bucket_bytes=bucket_bytes)
 
-    def state_dict(self) -> dict:
-        state = {"model": self.module.state_dict()}
-        if self.optimizer is not None:
-            state["optimizer"] = optim.state_dict(self.optimizer, self.scheduler)
-        if self.reference is not None:
-            state["reference"] = self.reference.state_dict()
+    def state_dict(self, *, saved: dict | None = None) -> dict:
+        """This rank's state as a Megatron sharded state dict, for `dist_checkpointing.save` / `load`.
+
+        Weights (and the KL reference's) are ShardedTensorFactories of the live parameters under
+        layout-independent keys `<name>.<Megatron key>` (`reference.<name>.` for the reference); the
+        optimizer's moments and main copies follow their parameters (`parallel.optimizer`); the
+        schedule and what the state holds are plain values. Saved at one TP/PP/DP, it loads at any.
+        saved: None to save; to load, the checkpoint's plain values of this model (`load_common`): a
+        frozen model saved without optimizer state freezes this one.
+        """
+        holds = {"optimizer": self.optimizer is not None, "reference": self.reference is not None}
+        if saved is not None:
+            holds = self._check_saved(saved["holds"])
+        state = {"holds": holds, "model": self._sharded(self.module, f"{self.name}.")}
+        if holds["optimizer"]:
+            state["optimizer"] = optim.sharded_state_dict(self.optimizer, self.scheduler, state["model"],
+                                                          saved=None if saved is None else saved["optimizer"])
+        if holds["reference"]:
+            state["reference"] = self._sharded(self.reference, f"reference.{self.name}.")
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore `state_dict()`. A frozen model saved after its warm start has no optimizer state:
-        loading it freezes this one too."""
-        self.module.load_state_dict(state["model"])
-        if self.optimizer is not None and "optimizer" not in state and not self.trainable:
-            self.freeze()
-        if self.optimizer is not None:
-            if "optimizer" not in state:
+        """Restore from what `dist_checkpointing.load` returned for `state_dict(saved=...)`."""
+        self._copy_into(self.module, state["model"])
+        if "optimizer" in state:
+            optim.load_sharded_state_dict(self.optimizer, self.scheduler, state["optimizer"])
+        if "reference" in state:
+            self._copy_into(self.reference, state["reference"])
+
+    def _check_saved(self, saved: dict) -> dict:
+        """What to load given what the checkpoint holds; a frozen teacher saved after its warm start has
+        no optimizer state, and loading it freezes this one too."""
+        if self.optimizer is not None and not saved["optimizer"]:
+            if self.trainable:
                 raise ValueError(f"the checkpoint has no optimizer state for the {self.name} model, "
                                  "which trains in this run")
-            optim.load_state_dict(self.optimizer, self.scheduler, state["optimizer"])
-        if self.reference is not None:
-            self.reference.load_state_dict(state["reference"])
+            self.freeze()
+        if self.reference is not None and not saved["reference"]:
+            raise ValueError(f"the checkpoint has no KL reference of the {self.name} model, which this run "
+                             "keeps (algorithm.kl_beta > 0); resume with the saved algorithm.kl_beta")
+        return {"optimizer": self.optimizer is not None, "reference": self.reference is not None}
+
+    def _sharded(self, module, prefix: str) -> dict:
+        """{local parameter name: ShardedTensorFactory of the parameter} of `module` (this rank's chunk)."""
+        from megatron_codistill.convert.mcore_ckpt import param_factory
+        from megatron_codistill.convert.model_io import local_entries
+
+        lay = self.layout
+        names = [name for name, _ in unwrap(module).named_parameters()]
+        return {name: param_factory(entry, param, key=prefix + entry.ckpt, num_layers=self.arch.num_layers,
+                                    tp_rank=lay.tp_rank, tp=lay.tp, dp_rank=lay.dp_rank)
+                for name, (param, entry) in zip(names, local_entries(module, self.arch, lay.tp), strict=True)}
+
+    @staticmethod
+    @torch.no_grad()
+    def _copy_into(module, loaded: dict) -> None:
+        for name, param in unwrap(module).named_parameters():
+            if loaded[name].data_ptr() != param.data_ptr():
+                param.copy_(loaded[name])
 
 
 def load_weights(module, arch: ModelArch, layout: ModelLayout, path: str) -> None:

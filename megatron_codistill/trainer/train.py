@@ -16,7 +16,7 @@ from megatron_codistill.config import load_config, to_yaml
 from megatron_codistill.log import get_logger
 from megatron_codistill.trainer import retrain, supervised
 from megatron_codistill.trainer.build import Run, build_run
-from megatron_codistill.trainer.checkpoint import rng_state, set_rng_state, step_dir_name, warmup_dir_name
+from megatron_codistill.trainer.checkpoint import reseed, rng_state, set_rng_state, step_dir_name, warmup_dir_name
 from megatron_codistill.trainer.evaluate import evaluate
 from megatron_codistill.trainer.export import export_step, has_export
 from megatron_codistill.trainer.metrics import MetricsLogger
@@ -141,12 +141,12 @@ def save(run: Run, step: int, *, warm: dict[str, int] | None = None) -> None:
     # may already be running), and any finished in-flight rollouts
     flow = run.scheduler.state_dict() if run.scheduler is not None else {
         "prompts": run.prompts.state_dict(), "engine_rng": run.engine.rng_state(), "in_flight": []}
-    rank_state = {"policies": {k: p.state_dict() for k, p in run.policies.items()}, "rng": rng_state(),
-                  "flow": flow, "layouts": run.layout_coordinates(), "objectives": retrain.objective_state(run)}
+    rank_state = {"rng": rng_state(), "flow": flow, "objectives": retrain.objective_state(run)}
     shared = {"step": step, "warm_start": warm, "prompts": flow["prompts"],
               "engine_version": run.engine_version, "mode": run.cfg.algorithm.mode}
     name = warmup_dir_name(sum(warm.values())) if warm is not None else step_dir_name(step)
-    path = run.checkpoints.save(name, rank_state, shared)
+    models = {k: p.state_dict() for k, p in run.policies.items()}  # weights, optimizers, schedules: any layout
+    path = run.checkpoints.save(name, rank_state, shared, sharded=models)
     if warm is None and run.cfg.checkpoint.export_hf:
         export_step(run, path)
 
@@ -161,19 +161,26 @@ def restore(run: Run) -> Start | None:
     if shared.get("mode") != run.cfg.algorithm.mode:
         raise ValueError(f"{loaded.path} was saved by mode {shared.get('mode')!r}, this run is "
                          f"{run.cfg.algorithm.mode!r}; use a new run.dir")
-    missing = set(run.policies) - set(state["policies"])
-    if missing:
-        raise ValueError(f"{loaded.path} has no state for model(s) {sorted(missing)}")
-    for name, policy in run.policies.items():
-        policy.load_state_dict(state["policies"][name])
-    set_rng_state(state["rng"])
-    retrain.load_objective_state(run, state.get("objectives"))
-    run.sync_weights(shared["engine_version"])
+    loaded.restore(run.policies)  # resharded when the layout differs
+    retrain.load_objective_state(run, state.get("objectives"), same_ranks=loaded.same_ranks)
+    flow = state["flow"]
+    if loaded.same_ranks:
+        set_rng_state(state["rng"])
+    else:  # per-rank streams do not carry to another world size; the data cursor (rank 0's) does
+        if flow["in_flight"]:
+            raise ValueError(f"{loaded.path} holds in-flight rollouts of each rank's prompts; resume it at "
+                             f"world size {loaded.resharded_from['world_size']}")
+        reseed(run.cfg.run.seed, shared["step"], run.rank)
+        flow = {**flow, "engine_rng": {}}  # the engine keeps the generator it was built with
+    if loaded.resharded_from is not None:
+        log.info("resharded model weights and optimizer states %s%s", run.checkpoints.describe_reshard(loaded),
+                 "" if loaded.same_ranks else "; generators re-seeded")
+    run.sync_weights(shared["engine_version"])  # the rollout engine is rebuilt from the weights
     if run.scheduler is not None:
-        run.scheduler.load_state_dict(state["flow"])
+        run.scheduler.load_state_dict(flow)
     else:
-        run.prompts.load_state_dict(state["flow"]["prompts"])
-        run.engine.set_rng_state(state["flow"]["engine_rng"])
+        run.prompts.load_state_dict(flow["prompts"])
+        run.engine.set_rng_state(flow["engine_rng"])
     warm = shared.get("warm_start")
     where = f"warm start {warm}" if warm is not None else f"step {shared['step']}"
     log.info("resumed from %s (%s)", loaded.path, where)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from megatron_codistill.parallel.optimizer import build_optimizer, load_state_dict, state_dict
+from megatron_codistill.parallel.optimizer import build_optimizer, load_sharded_state_dict, sharded_state_dict
 from megatron_codistill.parallel.train_step import train_step
 from tests.parallel._util import randomize_, tiny_arch
 
@@ -59,8 +59,11 @@ def test_train_step_metrics(layouts):
 
 @pytest.mark.parametrize("distributed,dtype", [(False, torch.float32), (True, torch.float32),
                                                (False, torch.bfloat16)])
-def test_checkpoint_round_trip_gives_the_same_next_step(layouts, distributed, dtype):
-    """bf16: the fp32 main weights are saved too; a resume from the bf16 weights alone would differ."""
+def test_checkpoint_round_trip_gives_the_same_next_step(layouts, distributed, dtype, tmp_path):
+    """Through a Megatron distributed checkpoint of the model's and optimizer's sharded state dicts.
+    bf16: the fp32 main weights are saved too; a resume from the bf16 weights alone would differ."""
+    from megatron_codistill.convert.mcore_ckpt import load_sharded, save_sharded
+
     large = layouts[0]
     kwargs = dict(lr=1e-2, weight_decay=0.1, warmup_steps=1, total_steps=5, decay_style="cosine",
                   use_distributed_optimizer=distributed)
@@ -68,19 +71,34 @@ def test_checkpoint_round_trip_gives_the_same_next_step(layouts, distributed, dt
     ddp, opt, sched = build_optimizer(model, large, **kwargs)
     for _ in range(2):
         train_step(ddp, opt, large, TOKENS, _loss_fn, micro_batch_size=2, scheduler=sched)
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items() if "_extra_state" not in k}
-    saved = state_dict(opt, sched)
+    weights = _sharded_model(model)
+    save_sharded({"model": weights, "optimizer": sharded_state_dict(opt, sched, weights)}, str(tmp_path))
     train_step(ddp, opt, large, TOKENS, _loss_fn, micro_batch_size=2, scheduler=sched)
     continued = [p.detach().clone() for p in model.parameters()]
 
     resumed = _model(layouts, dtype)
-    resumed.load_state_dict(weights, strict=False)
     ddp2, opt2, sched2 = build_optimizer(resumed, large, **kwargs)
-    load_state_dict(opt2, sched2, saved)
+    request = _sharded_model(resumed)
+    saved = {"kind": "distributed" if distributed else "local", "initialized": True}
+    loaded = load_sharded({"model": request, "optimizer": sharded_state_dict(opt2, sched2, request, saved=saved)},
+                          str(tmp_path))
+    with torch.no_grad():
+        for name, p in resumed.named_parameters():
+            p.copy_(loaded["model"][name])
+    load_sharded_state_dict(opt2, sched2, loaded["optimizer"])
     out = train_step(ddp2, opt2, large, TOKENS, _loss_fn, micro_batch_size=2, scheduler=sched2)
     assert out["lr"] == pytest.approx(_expected_lr("cosine", 2, lr=1e-2, min_lr=0.0, warmup=1, total=5))
     for a, b in zip(continued, resumed.parameters()):
         assert torch.equal(a, b.detach()), (a - b.detach()).abs().max().item()
+
+
+def _sharded_model(model) -> dict:
+    from megatron_codistill.convert.mapping import entry_for_param
+    from megatron_codistill.convert.mcore_ckpt import param_factory
+
+    arch = tiny_arch(num_layers=1)
+    return {name: param_factory(entry_for_param(arch, name, 0), p, key=entry_for_param(arch, name, 0).ckpt,
+                                num_layers=1, tp_rank=0, tp=1, dp_rank=0) for name, p in model.named_parameters()}
 
 
 def test_optimizer_argument_errors(layouts):
