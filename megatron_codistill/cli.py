@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_lazy(sub, "convert", "convert checkpoints between Hugging Face and Megatron-Core",
               "megatron_codistill.convert.cli", "add_convert_args", "run_convert_cli", owns_parser=True)
-    _add_lazy(sub, "eval", "evaluate a checkpoint on GSM8K / MATH-500 / Minerva",
+    _add_lazy(sub, "eval", "evaluate a checkpoint on benchmark presets (gsm8k, math500, aime24, ...) or any file",
               "megatron_codistill.eval.cli", "add_eval_args", "run_eval_cli", owns_parser=False)
     _add_lazy(sub, "plan", "plan memory and step time of a model pair on a GPU cluster",
               "megatron_codistill.planner.cli", "add_plan_args", "run_plan_cli", owns_parser=True)

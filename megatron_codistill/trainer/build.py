@@ -59,15 +59,6 @@ class Run:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def layout_coordinates(self) -> dict[str, dict[str, int]]:
-        """{model: this rank's tp/pp/dp rank and size, and its first layer}: saved in each rank's checkpoint
-        file so that tools can reassemble full models from the files alone (see trainer.export)."""
-        from megatron_codistill.convert.model_io import layer_offset
-
-        return {name: {"tp": p.layout.tp, "tp_rank": p.layout.tp_rank, "pp": p.layout.pp,
-                       "pp_rank": p.layout.pp_rank, "dp": p.layout.dp, "dp_rank": p.layout.dp_rank,
-                       "layer_offset": layer_offset(p.module)} for name, p in self.policies.items()}
-
     def sync_weights(self, step: int) -> dict[str, float]:
         """Push the generator's weights to the rollout engine (collective); sync metrics."""
         metrics = sync_engine(self.engine, self.policies[self.generator], self.cfg.rollout, version=step,
