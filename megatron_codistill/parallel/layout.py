@@ -141,14 +141,30 @@ def build_layouts(*, tp: int, pp: int, seed: int = 1234) -> tuple[ModelLayout, M
             f"world size {world} is not divisible by tensor_model_parallel_size * "
             f"pipeline_model_parallel_size = {tp} * {pp}; use a world size that is a multiple of "
             f"{tp * pp} or change TP/PP")
-    large = _build_layout(tp=tp, pp=pp, dp=world // (tp * pp), rank=rank)
-    small = _build_layout(tp=1, pp=1, dp=world, rank=rank)
+    large = _cached_layout("large", tp=tp, pp=pp, dp=world // (tp * pp), rank=rank)
+    small = _cached_layout("small", tp=1, pp=1, dp=world, rank=rank)
     if torch.cuda.is_available():
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
         model_parallel_cuda_manual_seed(seed, tp_rank=large.tp_rank, ep_rank=0, etp_rank=0)
     logger.info("large model: %s; small model: %s", large.describe(), small.describe())
     return large, small
+
+
+_LAYOUTS: dict[tuple, tuple[object, ModelLayout]] = {}
+"""(role, tp, pp, dp, rank) -> (the default process group it was built in, the layout)."""
+
+
+def _cached_layout(role: str, *, tp: int, pp: int, dp: int, rank: int) -> ModelLayout:
+    """The layout of `role` built once per default process group: a process that builds several runs
+    (tests, in-process sweeps, benchmarks) reuses its process groups instead of leaking a set of gloo
+    communicators and their threads per run. The large and small roles never share groups."""
+    key = (role, tp, pp, dp, rank)
+    world_group = dist.group.WORLD
+    cached = _LAYOUTS.get(key)
+    if cached is None or cached[0] is not world_group:
+        _LAYOUTS[key] = (world_group, _build_layout(tp=tp, pp=pp, dp=dp, rank=rank))
+    return _LAYOUTS[key][1]
 
 
 def _build_layout(*, tp: int, pp: int, dp: int, rank: int) -> ModelLayout:
