@@ -3,11 +3,16 @@ no cleanup), damaged checkpoints and a preemption inside the warm start all cont
 an uninterrupted run, with every step logged once."""
 
 import json
+import multiprocessing
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from megatron_codistill.trainer.checkpoint import DamagedCheckpoint
 from tests.trainer.conftest import FAST, TINY
 from tests.trainer.test_resume import ENV, TIMING
 
@@ -39,16 +44,43 @@ def reference(tmp_path_factory):
     return run_dir, rows
 
 
-@pytest.mark.parametrize("point", ["before_rank_file", "after_rank_file", "after_state", "after_marker",
-                                   "after_rename", "after_prune"])
-def test_exit_at_each_point_of_a_save_then_resume(point, reference, tmp_path):
+SAVE_POINTS = ["before_rank_file", "after_rank_file", "after_state", "after_marker", "after_rename", "after_prune"]
+
+
+@pytest.mark.parametrize("point", SAVE_POINTS)
+def test_a_hard_exit_at_each_point_of_a_save_leaves_a_resumable_directory(point, tmp_path):
+    """A child process exits (no cleanup) at `point` of the 2nd save; the newest checkpoint found is the
+    previous one until the marked directory is renamed, and saving the same step again succeeds."""
+    from megatron_codistill.trainer.checkpoint import CheckpointManager
+
+    def manager():
+        return CheckpointManager(tmp_path, rank=0, world_size=1, keep_last=1)
+
+    def second_save():
+        os.environ["CODISTILL_FAULT"] = f"checkpoint.{point}:exit"
+        manager().save("step_000002", {"rng": torch.arange(3)}, {"step": 2})
+        os._exit(0)
+
+    manager().save("step_000000", {"rng": torch.arange(2)}, {"step": 0})
+    child = multiprocessing.get_context("fork").Process(target=second_save)
+    child.start()
+    child.join()
+    assert child.exitcode == 17
+    newest = manager().load_latest()
+    assert newest.path.name == ("step_000002" if point in ("after_rename", "after_prune") else "step_000000")
+    manager().save("step_000002", {"rng": torch.arange(3)}, {"step": 2})  # the resumed run saves it again
+    assert manager().load_latest().rank_state["rng"].tolist() == [0, 1, 2]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]  # keep_last=1
+
+
+def test_exit_after_the_marker_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
     run_dir = tmp_path / "run"
-    killed = train(run_dir, fault=f"checkpoint.{point}@2:exit")
+    killed = train(run_dir, fault="checkpoint.after_marker@2:exit")
     assert killed.returncode == 17, killed.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "step_000002.tmp" / "COMPLETE").is_file()
     resumed = train(run_dir, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expect = "step_000002" if point in ("after_rename", "after_prune") else "step_000000"
-    assert f"resumed from {run_dir / 'checkpoints' / expect}" in resumed.stderr
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_000000'}" in resumed.stderr
     assert metrics(run_dir) == reference[1]  # each step once, equal to the uninterrupted run
 
 
@@ -68,11 +100,7 @@ def test_exit_during_the_hf_export_is_redone_on_resume(reference, tmp_path):
             assert ours.read_bytes() == ref.read_bytes(), (step, model)
 
 
-@pytest.mark.parametrize("damage", ["truncate_rank_file", "delete_rank_file", "empty_trainer_state"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(damage, reference, tmp_path):
-    run_dir = tmp_path / "run"
-    assert train(run_dir).returncode == 0
-    newest = run_dir / "checkpoints" / "step_000004"
+def damage_file(newest, damage: str):
     target = newest / ("trainer_state.json" if damage == "empty_trainer_state" else "rank_00000.pt")
     if damage == "truncate_rank_file":
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
@@ -80,6 +108,33 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(damage, refe
         target.unlink()
     else:
         target.write_text("")
+    return target
+
+
+@pytest.mark.parametrize("damage", ["truncate_rank_file", "delete_rank_file", "empty_trainer_state"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_loaded(damage, reference, tmp_path):
+    from megatron_codistill.trainer.checkpoint import CheckpointManager
+
+    shutil.copytree(reference[0] / "checkpoints", tmp_path / "checkpoints")
+    target = damage_file(tmp_path / "checkpoints" / "step_000004", damage)
+    manager = CheckpointManager(tmp_path, rank=0, world_size=1, layout=loaded_layout(reference[0]))
+    assert manager.load_latest().path.name == "step_000002"
+    damage_file(tmp_path / "checkpoints" / "step_000002", damage)
+    damage_file(tmp_path / "checkpoints" / "step_000000", damage)
+    with pytest.raises(DamagedCheckpoint) as e:
+        manager.load_latest()
+    assert str(target) in str(e.value) and "step_000000" in str(e.value)
+
+
+def loaded_layout(run_dir) -> dict:
+    return json.loads((run_dir / "checkpoints" / "step_000000" / "trainer_state.json").read_text())["layout"]
+
+
+def test_a_run_with_a_damaged_newest_checkpoint_resumes_from_the_previous_one(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    shutil.rmtree(run_dir / "exports")
+    target = damage_file(run_dir / "checkpoints" / "step_000004", "truncate_rank_file")
     resumed = train(run_dir, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert str(target) in resumed.stderr and "trying the previous one" in resumed.stderr
@@ -103,9 +158,9 @@ def test_sigterm_inside_the_warm_start_checkpoints_its_progress(reference, tmp_p
 
 def test_a_fresh_start_in_a_run_with_checkpoints_is_refused(reference, tmp_path):
     run_dir = tmp_path / "run"
-    assert train(run_dir, "run.steps=2").returncode == 0
-    again = train(run_dir, "run.steps=2")
-    assert again.returncode == 2 and "--resume" in again.stderr and "step_000002" in again.stderr
+    shutil.copytree(reference[0], run_dir)
+    again = train(run_dir)
+    assert again.returncode == 2 and "--resume" in again.stderr and "step_000004" in again.stderr
 
 
 def test_no_checkpoint_is_found_in_leftover_temporary_directories(tmp_path):
