@@ -366,6 +366,8 @@ class DataConfig:
 
     train: str = ""
     """Local jsonl/json/parquet file or hub name."""
+    train_limit: int | None = None
+    """Use only the first N rows of data.train (quick runs); None: every row."""
     split: str = "train"
     """Split of a hub dataset."""
     preset: str = "math"
@@ -408,6 +410,8 @@ class LoggingConfig:
     """W&B run name (defaults to the run directory's name)."""
     progress: bool = True
     """Progress bar with ETA on rank 0."""
+    plots: bool = True
+    """Draw PNG curves under <run.dir>/plots at the end of training (`codistill plot` draws them later)."""
 
 
 @dataclass
@@ -590,6 +594,8 @@ def validate(cfg: Config, world_size: int) -> None:
                "set large.checkpoint (HF or converted Megatron checkpoint) or warm_start.large_steps > 0")
     _check(bool(cfg.data.train) or (a.mode == "sft" and bool(a.sft.file)),
            "data.train is empty: give a jsonl/json/parquet file or a hub dataset name")
+    _check(cfg.data.train_limit is None or cfg.data.train_limit >= 1,
+           f"data.train_limit ({cfg.data.train_limit}) must be >= 1 (or null for every row)")
     sc = cfg.scheduler
     _check(sc.max_staleness >= 0, f"scheduler.max_staleness ({sc.max_staleness}) must be >= 0")
     _check(sc.behaviour_weight_cap >= 1, f"scheduler.behaviour_weight_cap ({sc.behaviour_weight_cap}) must be >= 1")

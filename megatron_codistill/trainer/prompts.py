@@ -69,9 +69,10 @@ class PromptStream:
         from megatron_codistill import data
 
         self.cfg, self.tokenizer, self.rank, self.world_size = cfg, tokenizer, rank, world_size
-        self.problems = _problems(cfg.data.train, cfg.data.preset, cfg.data, tokenizer, split=cfg.data.split,
-                                  max_prompt_tokens=cfg.data.max_prompt_tokens, prompt_field=cfg.data.prompt_field,
-                                  answer_field=cfg.data.answer_field)
+        d = cfg.data
+        self.problems = _problems(d.train, d.preset, d, tokenizer, split=d.split, limit=d.train_limit,
+                                  max_prompt_tokens=d.max_prompt_tokens, prompt_field=d.prompt_field,
+                                  answer_field=d.answer_field)
         seed = cfg.run.seed if cfg.data.shuffle_seed is None else cfg.data.shuffle_seed
         self.sampler = data.EpochSampler(len(self.problems), seed=seed)
         self.per_rank = cfg.algorithm.prompts_per_step // world_size

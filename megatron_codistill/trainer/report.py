@@ -39,18 +39,21 @@ def accuracy_table(rows: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
-def write_summary(run_dir: str | Path) -> Path | None:
-    """Write `<run_dir>/summary.md` and the plots; log the table. None when the run has no evaluation."""
+def write_summary(run_dir: str | Path, *, plots: bool = True) -> Path | None:
+    """Write `<run_dir>/summary.md` and (with `plots`) the plots; log the table. None when the run has no
+    evaluation."""
     from megatron_codistill.trainer.plots import plot_run
 
     rows = read_metrics(run_dir)
     table = accuracy_table(rows)
-    plots = plot_run(run_dir)
+    drawn = plot_run(run_dir) if plots else []
     if table is None:
         return None
     plot_dir = Path(run_dir) / "plots"
+    where = (f"{plot_dir} ({len(drawn)} files; `codistill plot {run_dir}` redraws them)" if plots else
+             f"not drawn (logging.plots=false); `codistill plot {run_dir}` draws them into {plot_dir}")
     text = (f"# {Path(run_dir).name}: held-out accuracy at the warm start and at the end\n\n{table}\n\n"
-            f"Plots: {plot_dir} ({len(plots)} files; `codistill plot {run_dir}` redraws them).\n")
+            f"Plots: {where}.\n")
     path = Path(run_dir) / "summary.md"
     path.write_text(text)
     log.info("held-out accuracy:\n%s\nsummary: %s; plots: %s", table, path, plot_dir)

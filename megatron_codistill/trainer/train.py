@@ -90,7 +90,7 @@ def train(run: Run, *, resume: bool = False, stop: StopFlag | None = None) -> No
         if preempted:
             log.info("preempted at step %d: checkpoint saved, exiting", step)
         elif run.rank == 0:
-            write_summary(cfg.run.dir)
+            write_summary(cfg.run.dir, plots=cfg.logging.plots)
     finally:
         logger.close()
         run.engine.shutdown()

@@ -6,7 +6,8 @@ TINY = Path(__file__).resolve().parents[2] / "examples" / "tiny_cpu" / "config.y
 
 # A few seconds per run: tiny batches, two warm-start steps per model, short evaluations.
 FAST = [
-    "run.steps=2", "run.eval_every=2", "logging.progress=false", "logging.tensorboard=false",
+    "run.steps=2", "run.eval_every=2", "logging.progress=false", "logging.tensorboard=false", "logging.plots=false",
+    "data.train_limit=256",
     "warm_start.small_steps=2", "warm_start.large_steps=2", "warm_start.batch_size=8",
     "algorithm.prompts_per_step=4", "algorithm.group_size=4", "small.micro_batch_size=8",
     "large.micro_batch_size=8", "data.eval=[{name: arith, path: ./data/test.jsonl, preset: arith, limit: 8}]",

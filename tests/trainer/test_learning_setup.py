@@ -7,7 +7,7 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from megatron_codistill.config import ConfigError, load_config
+from megatron_codistill.config import ConfigError, load_config, validate
 from megatron_codistill.trainer.prompts import PromptStream
 from megatron_codistill.trainer.tokenizers import load_run_tokenizer
 from megatron_codistill.trainer.train import train_main
@@ -83,3 +83,14 @@ def test_the_seed_sets_the_prompt_order(tiny_overrides):
 
     assert first_prompts("run.seed=1") != first_prompts("run.seed=2")
     assert first_prompts("run.seed=1", "data.shuffle_seed=7") == first_prompts("run.seed=2", "data.shuffle_seed=7")
+
+
+def test_train_limit_keeps_the_first_rows(tiny_overrides):
+    def problems(limit):
+        cfg = load_config(TINY, [*tiny_overrides, f"data.train_limit={limit}"])
+        return [p.prompt for p in PromptStream(cfg, load_run_tokenizer(cfg, ["small"]), rank=0, world_size=1).problems]
+
+    every = problems("null")
+    assert len(every) == 20000 and problems(5) == every[:5]
+    with pytest.raises(ValueError, match="data.train_limit"):
+        validate(load_config(TINY, [*tiny_overrides, "data.train_limit=0"]), 1)

@@ -3,16 +3,18 @@ accuracy table (printed and in summary.md), the resolved config, and plots whose
 metrics of a codistill run."""
 
 import json
+import shutil
 
 import yaml
 
 from megatron_codistill.trainer.plots import DEFAULT_KEYS
+from megatron_codistill.trainer.report import write_summary
 from megatron_codistill.trainer.train import train_main
 from tests.trainer.conftest import TINY
 
 
 def test_shortened_example_writes_step0_eval_summary_config_and_plots(tiny_overrides, tmp_path, caplog):
-    train_main(str(TINY), [*tiny_overrides, "run.eval_sampled=true"])
+    train_main(str(TINY), [*tiny_overrides, "run.eval_sampled=true", "logging.plots=true"])
     run_dir = tmp_path / "run"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0], rows[-1]
@@ -42,3 +44,10 @@ def test_shortened_example_writes_step0_eval_summary_config_and_plots(tiny_overr
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["run"]["dir"] == str(run_dir) and config["algorithm"]["group_size"] == 4
+
+    quiet = tmp_path / "quiet"  # logging.plots=false: the same table, no figure
+    quiet.mkdir()
+    shutil.copy(run_dir / "metrics.jsonl", quiet / "metrics.jsonl")
+    write_summary(quiet, plots=False)
+    assert not (quiet / "plots").exists() and "logging.plots=false" in (quiet / "summary.md").read_text()
+    assert lines["small"] in (quiet / "summary.md").read_text()
