@@ -78,6 +78,9 @@ ClusterName=codistill-local
 SlurmctldHost=localhost
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
+# Job ids of coexisting local clusters differ, so do the rendezvous ports derived from them
+# (20000 + id, below the ephemeral port range).
+FirstJobId=$(( (ctld_port % 50) * 200 + 1 ))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
