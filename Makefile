@@ -21,8 +21,11 @@ setup: $(BIN)/.installed
 example: setup
 	$(BIN)/codistill train examples/tiny_cpu/config.yaml
 
+# two workers (one per core here); each test file stays on one worker (module fixtures run once)
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check megatron_codistill tests tools benchmarks examples

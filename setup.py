@@ -29,7 +29,7 @@ setup(
         "einops",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis", "ruff", "scipy", "trl>=1.16,<2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis", "ruff", "scipy", "trl>=1.16,<2"],
         # GPU clusters only; never needed on CPU. Versions follow the Megatron-Core release in use.
         "gpu": ["transformer-engine[pytorch]", "sglang[all]"],
         "wandb": ["wandb"],
