@@ -20,8 +20,8 @@ from tests.trainer.delayed_engine import DelayedEngine
 from tests.trainer.test_reshard import _stored
 from tests.trainer.test_resume import ENV, TIMING
 
-STEPS = 6
-BASE = [o for o in FAST if not o.startswith("run.steps")] + [f"run.steps={STEPS}", "checkpoint.every=3",
+STEPS = 4
+BASE = [o for o in FAST if not o.startswith("run.steps")] + [f"run.steps={STEPS}", "checkpoint.every=2",
                                                              "checkpoint.keep_last=0", "checkpoint.export_hf=true",
                                                              "run.eval_sampled=true"]
 
@@ -50,7 +50,7 @@ def assert_same_run(a, b):
     wa, wb = weights(a), weights(b)
     for m in wa:
         assert all(torch.equal(wa[m][k], wb[m][k]) for k in wa[m]), m
-    for step in (3, STEPS):
+    for step in (2, STEPS):
         (ta, ca), (tb, cb) = checkpoint_state(a, step), checkpoint_state(b, step)
         assert ca == cb and ta.keys() == tb.keys(), step
         assert all(torch.equal(ta[k], tb[k]) for k in ta), step
