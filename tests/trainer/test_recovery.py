@@ -73,14 +73,18 @@ def test_a_hard_exit_at_each_point_of_a_save_leaves_a_resumable_directory(point,
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]  # keep_last=1
 
 
-def test_exit_after_the_marker_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
+@pytest.mark.parametrize("point", ["after_marker", "after_rename"])
+def test_exit_during_a_save_then_resume_equals_the_uninterrupted_run(point, reference, tmp_path):
+    """The two ways a save can be cut (above, at the manager level, for every point): before the rename the
+    run resumes from the previous checkpoint past a leftover `.tmp`; after it, from the one just saved."""
     run_dir = tmp_path / "run"
-    killed = train(run_dir, fault="checkpoint.after_marker@2:exit")
+    killed = train(run_dir, fault=f"checkpoint.{point}@2:exit")
     assert killed.returncode == 17, killed.stderr[-3000:]
-    assert (run_dir / "checkpoints" / "step_000002.tmp" / "COMPLETE").is_file()
+    assert (run_dir / "checkpoints" / "step_000002.tmp").is_dir() == (point == "after_marker")
     resumed = train(run_dir, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {run_dir / 'checkpoints' / 'step_000000'}" in resumed.stderr
+    expect = "step_000000" if point == "after_marker" else "step_000002"
+    assert f"resumed from {run_dir / 'checkpoints' / expect}" in resumed.stderr
     assert metrics(run_dir) == reference[1]  # each step once, equal to the uninterrupted run
 
 
