@@ -10,22 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture(autouse=True)
-def _no_launcher_env_leaks():
-    """An in-process run sets RANK / MASTER_PORT ... for its one-process group (whose store keeps that
-    port); the commands later tests start must not inherit them."""
-    saved = {k: os.environ.get(k) for k in LAUNCHER_VARS}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

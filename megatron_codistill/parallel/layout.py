@@ -44,9 +44,18 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     apply_cpu_patches()
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    os.environ.update(launcher_env(os.environ))
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        # a one-process job: its address is passed, not left in os.environ, where every command this
+        # process starts later would inherit a MASTER_PORT that its own store holds
+        env = launcher_env(os.environ)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(0)
+        dist.init_process_group(backend, init_method=f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+                                rank=0, world_size=1)
+        return 0, 1
+    os.environ.update(launcher_env(os.environ))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, init_method="env://")
