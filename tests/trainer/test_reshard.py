@@ -142,7 +142,7 @@ def _resumed(run_dir: str, overrides: list[str], resave: str, inject: dict | Non
     return {"metrics": metrics, "weights": weights}
 
 
-def _stored(directory) -> tuple[dict, dict]:
+def stored_state(directory) -> tuple[dict, dict]:
     """(every tensor in full, the plain values) of a distributed checkpoint; tensors as plain values."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
@@ -164,7 +164,7 @@ def assert_same_state(saved, resaved) -> None:
     from megatron_codistill.convert.mcore_ckpt import process_group
 
     with process_group():
-        (a, common_a), (b, common_b) = _stored(saved), _stored(resaved)
+        (a, common_a), (b, common_b) = stored_state(saved), stored_state(resaved)
     assert common_a == common_b
     assert a.keys() == b.keys() and any(k.startswith("optimizer.state.exp_avg_sq.") for k in a)
     for key, x in a.items():

@@ -17,7 +17,7 @@ from megatron_codistill.trainer.train import train_main
 from tests.distributed import run_distributed
 from tests.trainer.conftest import FAST, TINY
 from tests.trainer.delayed_engine import DelayedEngine
-from tests.trainer.test_reshard import _stored
+from tests.trainer.test_reshard import stored_state
 from tests.trainer.test_resume import ENV, TIMING
 
 STEPS = 4
@@ -42,7 +42,7 @@ def checkpoint_state(run_dir, step) -> tuple[dict, dict]:
     from megatron_codistill.convert.mcore_ckpt import process_group
 
     with process_group():
-        return _stored(run_dir / "checkpoints" / f"step_{step:06d}" / "dist")
+        return stored_state(run_dir / "checkpoints" / f"step_{step:06d}" / "dist")
 
 
 def assert_same_run(a, b):
