@@ -31,7 +31,7 @@ def warm_started(seed: int) -> list[str]:
     """Warm-start both models once for `seed` (HF export at step 0, cached under runs/bench_warm/) and
     return the overrides that start a run from them without another warm start."""
     out = ROOT / "runs" / "bench_warm" / f"seed{seed}"
-    hf = out / "checkpoints" / "step_000000" / "hf"
+    hf = out / "exports" / "step_000000"
     if not (hf / "small" / "config.json").exists():
         train(out, [f"run.seed={seed}", "run.steps=0", "checkpoint.export_hf=true", "checkpoint.keep_last=0"])
     tok = ROOT / "examples" / "tiny_cpu" / "tokenizer"

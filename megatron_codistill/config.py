@@ -193,9 +193,13 @@ class WarmStartConfig:
     large_steps: int = 0
     """Supervised steps of the large model (0 skips it)."""
     small_lr: float = 3e-3
-    """Peak learning rate of the small model's warm start (cosine decay to 0)."""
+    """Peak learning rate of the small model's warm start (cosine decay to min_lr_ratio of it)."""
     large_lr: float = 3e-3
-    """Peak learning rate of the large model's warm start (cosine decay to 0)."""
+    """Peak learning rate of the large model's warm start (cosine decay to min_lr_ratio of it)."""
+    min_lr_ratio: float = 0.0
+    """The warm start's last learning rate as a fraction of its peak (0: anneal to 0; 1: constant). A
+    model annealed to 0 sits in a sharp minimum that RL's first updates at any larger rate leave
+    (greedy accuracy drops before it climbs); ending at the RL rate avoids that jump."""
     batch_size: int = 64
     """Sequences per warm-start step (split over data-parallel ranks)."""
     data: str | None = None
@@ -588,6 +592,8 @@ def validate(cfg: Config, world_size: int) -> None:
     if cfg.reward.kind == "plugin":
         _check(bool(cfg.reward.plugin), "reward.kind is plugin but reward.plugin is empty; give "
                "'package.module:function'")
+    _check(0.0 <= cfg.warm_start.min_lr_ratio <= 1.0,
+           f"warm_start.min_lr_ratio ({cfg.warm_start.min_lr_ratio}) must be in [0, 1]")
     if a.mode in ("kd_grpo", "opd"):
         _check(bool(cfg.large.checkpoint) or cfg.warm_start.large_steps > 0,
                f"algorithm.mode={a.mode} keeps the large model frozen as the teacher, but it has no weights: "

@@ -1,7 +1,8 @@
 """The supervised warm start on gold solutions before RL (config `warm_start`; fresh runs only).
 
 The small model, then the large one, takes `warm_start.<model>_steps` steps of token-mean NLL on
-(prompt, gold solution + EOS) pairs at a cosine learning rate from `<model>_lr` to 0. A frozen
+(prompt, gold solution + EOS) pairs at a cosine learning rate from `<model>_lr` down to
+`min_lr_ratio` of it. A frozen
 teacher (the large model in `kd_grpo` and `opd`) is warm-started too and then frozen: it would
 otherwise teach with random weights.
 
@@ -34,9 +35,11 @@ def plan(run) -> dict[str, int]:
     return {name: steps[name] for name in MODELS if steps[name] > 0 and name in run.policies}
 
 
-def cosine_lr(peak: float, i: int, steps: int) -> float:
-    """Learning rate of warm-start step i (0-based) of `steps`: cosine from `peak` to 0."""
-    return peak * 0.5 * (1 + math.cos(math.pi * i / steps))
+def cosine_lr(peak: float, i: int, steps: int, min_ratio: float = 0.0) -> float:
+    """Learning rate of warm-start step i (0-based) of `steps`: cosine from `peak` (i = 0) towards
+    `min_ratio * peak` (reached at i = steps)."""
+    floor = min_ratio * peak
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * i / steps))
 
 
 def gold_pairs(run, n: int, seed: int) -> list[tuple[list[int], list[int]]]:
@@ -62,7 +65,7 @@ def warm_start(run, progress: dict[str, int], *, should_stop: Callable[[], bool]
         for i in range(progress.get(name, 0), steps):
             seed = (run.cfg.run.seed * 7919 + i) * 1009 + run.rank
             metrics = sft_update(run, [name], gold_pairs(run, per_rank, seed), per_rank,
-                                 lr=cosine_lr(lrs[name], i, steps))
+                                 lr=cosine_lr(lrs[name], i, steps, w.min_lr_ratio))
             progress[name] = i + 1
             fault_point("warm_start.step")
             if i % 50 == 0 or i == steps - 1:

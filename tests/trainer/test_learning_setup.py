@@ -94,3 +94,32 @@ def test_train_limit_keeps_the_first_rows(tiny_overrides):
     assert len(every) == 20000 and problems(5) == every[:5]
     with pytest.raises(ValueError, match="data.train_limit"):
         validate(load_config(TINY, [*tiny_overrides, "data.train_limit=0"]), 1)
+
+
+def test_warm_start_lr_is_a_cosine_down_to_its_floor():
+    from megatron_codistill.trainer.warm_start import cosine_lr
+
+    assert [cosine_lr(1.0, i, 4) for i in range(5)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+    # floor 0.2: 0.2 + 0.8 * the same cosine; ratio 1 is a constant rate
+    assert [cosine_lr(1.0, i, 4, 0.2) for i in range(5)] == pytest.approx([1.0, 0.882843, 0.6, 0.317157, 0.2],
+                                                                          abs=1e-6)
+    assert {cosine_lr(3e-3, i, 7, 1.0) for i in range(7)} == {3e-3}
+
+
+def test_warm_start_floor_changes_the_warm_started_weights(tiny_overrides, tmp_path):
+    def warm(ratio):
+        run_dir = tmp_path / f"r{ratio}"
+        overrides = [o for o in tiny_overrides if not o.startswith("run.dir")]
+        train_main(str(TINY), [*overrides, f"run.dir={run_dir}", "run.steps=0", "checkpoint.export_hf=true",
+                               "warm_start.small_steps=3", "warm_start.large_steps=0", "algorithm.mode=grpo",
+                               f"warm_start.min_lr_ratio={ratio}"])
+        return load_file(run_dir / "exports" / "step_000000" / "small" / "model.safetensors")
+
+    annealed, constant = warm(0.0), warm(1.0)
+    assert any(not annealed[n].equal(constant[n]) for n in annealed)
+
+
+def test_warm_start_floor_out_of_range_is_refused(tiny_overrides):
+    cfg = load_config(TINY, [*tiny_overrides, "warm_start.min_lr_ratio=1.5"])
+    with pytest.raises(ConfigError, match="warm_start.min_lr_ratio"):
+        validate(cfg, 1)
