@@ -197,9 +197,8 @@ class WarmStartConfig:
     large_lr: float = 3e-3
     """Peak learning rate of the large model's warm start (cosine decay to min_lr_ratio of it)."""
     min_lr_ratio: float = 0.0
-    """The warm start's last learning rate as a fraction of its peak (0: anneal to 0; 1: constant). A
-    model annealed to 0 sits in a sharp minimum that RL's first updates at any larger rate leave
-    (greedy accuracy drops before it climbs); ending at the RL rate avoids that jump."""
+    """The warm start's last learning rate as a fraction of its peak: 0 anneals to 0, 1 keeps the peak
+    (e.g. a warm start that ends at the rate RL starts at)."""
     batch_size: int = 64
     """Sequences per warm-start step (split over data-parallel ranks)."""
     data: str | None = None

@@ -2,9 +2,8 @@
 
 The small model, then the large one, takes `warm_start.<model>_steps` steps of token-mean NLL on
 (prompt, gold solution + EOS) pairs at a cosine learning rate from `<model>_lr` down to
-`min_lr_ratio` of it. A frozen
-teacher (the large model in `kd_grpo` and `opd`) is warm-started too and then frozen: it would
-otherwise teach with random weights.
+`min_lr_ratio` of it. A frozen teacher (the large model in `kd_grpo` and `opd`) is warm-started too
+and then frozen: it would otherwise teach with random weights.
 
 The warm start never advances the RL schedule (it sets each step's lr itself), and it ends with
 fresh Adam moments, so RL step k runs at the RL schedule's value k, warmup included.

@@ -11,6 +11,7 @@ from megatron_codistill.config import ConfigError, load_config, validate
 from megatron_codistill.trainer.prompts import PromptStream
 from megatron_codistill.trainer.tokenizers import load_run_tokenizer
 from megatron_codistill.trainer.train import train_main
+from megatron_codistill.trainer.warm_start import cosine_lr
 from tests.trainer.conftest import TINY
 
 STEPS, WARMUP, LR, MIN_LR = 6, 2, 1e-3, 1e-4
@@ -97,8 +98,6 @@ def test_train_limit_keeps_the_first_rows(tiny_overrides):
 
 
 def test_warm_start_lr_is_a_cosine_down_to_its_floor():
-    from megatron_codistill.trainer.warm_start import cosine_lr
-
     assert [cosine_lr(1.0, i, 4) for i in range(5)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
     # floor 0.2: 0.2 + 0.8 * the same cosine; ratio 1 is a constant rate
     assert [cosine_lr(1.0, i, 4, 0.2) for i in range(5)] == pytest.approx([1.0, 0.882843, 0.6, 0.317157, 0.2],
